@@ -1,0 +1,110 @@
+/**
+ * Configuration from the environment (and `.env`), validated once at start. Every message
+ * names the variable and how to fix it.
+ */
+import { z } from 'zod';
+
+const bool = z
+  .enum(['1', '0', 'true', 'false', 'yes', 'no', 'on', 'off'])
+  .transform((v) => ['1', 'true', 'yes', 'on'].includes(v));
+
+const csv = z
+  .string()
+  .transform((s) => s.split(',').map((x) => x.trim()).filter((x) => x.length > 0));
+
+const port = z.coerce.number().int().min(1).max(65535);
+
+const httpUrl = z.url({ protocol: /^https?$/ });
+
+export const configSchema = z.object({
+  FROMAGE_BUNDLE: z.string().min(1).default('checkpoints/fromage-opt-6.7b'),
+  FROMAGE_INDEX: csv.default([]),
+  FROMAGE_DEVICE: z.enum(['cpu', 'cuda']).default('cpu'),
+  FROMAGE_THREADS: z.coerce.number().int().min(0).max(256).default(0),
+  FROMAGE_DATA_DIR: z.string().min(1).default('data'),
+  FROMAGE_FETCH_ALLOW: csv.default([]),
+  FROMAGE_ENGINE_SLOTS: z.coerce.number().int().min(1).max(64).default(1),
+  FROMAGE_QUEUE_LIMIT: z.coerce.number().int().min(1).max(100_000).default(50),
+  FROMAGE_USER_RATE: z.coerce.number().min(0.01).max(1000).default(6),
+  FROMAGE_USER_BURST: z.coerce.number().int().min(1).max(1000).default(3),
+  FROMAGE_JOB_TIMEOUT_S: z.coerce.number().min(1).max(3600).default(300),
+  FROMAGE_HISTORY_TURNS: z.coerce.number().int().min(1).max(10_000).default(50),
+  FROMAGE_MAX_IMAGES_PER_MESSAGE: z.coerce.number().int().min(1).max(50).default(4),
+  FROMAGE_MAX_IMAGE_BYTES: z.coerce.number().int().min(1024).default(20 * 1024 * 1024),
+  FROMAGE_SETUP_YES: bool.default(false),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  HTTP_PORT: port.optional(),
+
+  DISCORD_TOKEN: z.string().min(1).optional(),
+  DISCORD_APPLICATION_ID: z.string().regex(/^\d+$/, 'must be the numeric application id').optional(),
+  DISCORD_API_BASE: httpUrl.default('https://discord.com/api'),
+  DISCORD_GUILD_ALLOW: csv.default([]),
+  DISCORD_CHANNEL_ALLOW: csv.default([]),
+  DISCORD_ROLE_ALLOW: csv.default([]),
+  DISCORD_SETTINGS_ROLE: z.string().min(1).optional(),
+  DISCORD_DMS: bool.default(true),
+
+  SLACK_BOT_TOKEN: z.string().regex(/^xoxb-/, 'must start with xoxb- (the Bot User OAuth Token)').optional(),
+  SLACK_APP_TOKEN: z.string().regex(/^xapp-/, 'must start with xapp- (an app-level token with connections:write)').optional(),
+  SLACK_SIGNING_SECRET: z.string().min(1).optional(),
+  SLACK_PORT: port.optional(),
+  SLACK_API_URL: httpUrl.default('https://slack.com/api/'),
+
+  HF_ENDPOINT: httpUrl.default('https://huggingface.co'),
+  HF_TOKEN: z.string().min(1).optional(),
+});
+
+export type Config = z.infer<typeof configSchema>;
+
+/** Names whose values never reach a log line. */
+export const SECRET_KEYS = ['DISCORD_TOKEN', 'SLACK_BOT_TOKEN', 'SLACK_APP_TOKEN', 'SLACK_SIGNING_SECRET', 'HF_TOKEN'] as const;
+
+const HINTS: Partial<Record<keyof Config, string>> = {
+  FROMAGE_DEVICE: 'set it to cpu or cuda',
+  DISCORD_TOKEN: 'copy the bot token from the Discord developer portal (Bot > Reset Token)',
+  DISCORD_APPLICATION_ID: 'copy the Application ID from the Discord developer portal (General Information)',
+  DISCORD_API_BASE: 'leave it unset for discord.com, or give a full http(s) URL',
+  SLACK_BOT_TOKEN: 'copy the Bot User OAuth Token (xoxb-...) from your Slack app (OAuth & Permissions)',
+  SLACK_APP_TOKEN: 'create an app-level token with connections:write (Basic Information > App-Level Tokens)',
+  SLACK_API_URL: 'leave it unset for slack.com, or give a full http(s) URL',
+  HF_ENDPOINT: 'leave it unset for huggingface.co, or give a full http(s) URL of a mirror',
+};
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}\nFix these in .env or the environment (see .env.example).`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Parses the environment; empty strings count as unset (as an untouched `.env.example` line). */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const cleaned: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && v.trim() !== '') cleaned[k] = v.trim();
+  const parsed = configSchema.safeParse(cleaned);
+  const problems: string[] = [];
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const name = String(issue.path[0]) as keyof Config;
+      const hint = HINTS[name];
+      problems.push(`${name}: ${issue.message}${hint ? ` (${hint})` : ''}`);
+    }
+    throw new ConfigError(problems);
+  }
+  const c = parsed.data;
+  if (c.DISCORD_TOKEN && !c.DISCORD_APPLICATION_ID)
+    problems.push(`DISCORD_APPLICATION_ID: required when DISCORD_TOKEN is set (${HINTS.DISCORD_APPLICATION_ID})`);
+  if (c.SLACK_BOT_TOKEN && !c.SLACK_APP_TOKEN && !c.SLACK_SIGNING_SECRET)
+    problems.push('SLACK_APP_TOKEN: set it for Socket Mode, or set SLACK_SIGNING_SECRET and SLACK_PORT for HTTP mode');
+  if ((c.SLACK_APP_TOKEN || c.SLACK_SIGNING_SECRET) && !c.SLACK_BOT_TOKEN)
+    problems.push(`SLACK_BOT_TOKEN: required when a Slack app token or signing secret is set (${HINTS.SLACK_BOT_TOKEN})`);
+  if (c.SLACK_SIGNING_SECRET && !c.SLACK_APP_TOKEN && !c.SLACK_PORT)
+    problems.push('SLACK_PORT: required for HTTP mode (SLACK_SIGNING_SECRET without SLACK_APP_TOKEN)');
+  if (problems.length) throw new ConfigError(problems);
+  return c;
+}
+
+/** Secret values present in the config, for log redaction. */
+export function secretValues(config: Config): string[] {
+  return SECRET_KEYS.map((k) => config[k]).filter((v): v is string => typeof v === 'string' && v.length >= 6);
+}
