@@ -35,6 +35,12 @@ export interface ChatResult {
   readonly segments: readonly Segment[];
   /** Tokens generated (for tokens/s metrics). */
   readonly generatedTokens: number;
+  /**
+   * The answer as the reference demo keeps it in the dialogue: the text outputs as FROMAGe
+   * returns them (captions with their ' [RET]' suffix) joined by spaces. Defaults to the text
+   * segments joined by spaces.
+   */
+  readonly historyText?: string;
 }
 
 export interface EngineInfo {

@@ -1,0 +1,206 @@
+/**
+ * The service core: what happens to every IncomingMessage whatever the platform. Validates
+ * input, keeps the history, builds the FROMAGe prompt, queues the job, and answers through the
+ * adapter's Responder. Every failure a user can cause becomes a clear reply; nothing here throws
+ * to the adapter.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Engine, PromptItem } from '../model/engine-api.ts';
+import { EngineInputError } from '../model/engine-api.ts';
+import type { HistoryStore, StoredImage, Turn } from '../conversation/history.ts';
+import { normalizeImage } from '../conversation/images.ts';
+import { conversationId } from '../conversation/key.ts';
+import { buildPrompt, fitText, PromptTooLongError, questionText } from '../conversation/prompt.ts';
+import { describeSettings, parseSettingsChanges } from '../conversation/settings.ts';
+import {
+  ImageInputError,
+  type IncomingMessage,
+  type MessageHandler,
+  type Reply,
+  type Responder,
+  type Segment,
+} from '../conversation/types.ts';
+import { SchedulerRejection, type Scheduler } from '../queue/scheduler.ts';
+import type { ServiceMetrics } from './metrics.ts';
+
+export interface HandlerLimits {
+  readonly maxImagesPerMessage: number;
+  readonly maxImageBytes: number;
+  /** Characters kept of one message before tokenizing. */
+  readonly maxMessageChars: number;
+}
+
+export interface HandlerDeps {
+  readonly engine: Engine;
+  readonly history: HistoryStore;
+  readonly scheduler: Scheduler;
+  readonly logger: Logger;
+  readonly limits?: Partial<HandlerLimits>;
+  readonly metrics?: ServiceMetrics;
+}
+
+export const DEFAULT_LIMITS: HandlerLimits = { maxImagesPerMessage: 4, maxImageBytes: 20 * 1024 * 1024, maxMessageChars: 4000 };
+
+/** The question used when a message has images but no text. */
+export const DEFAULT_IMAGE_QUESTION = 'what is this?';
+
+export const HELP_TEXT = [
+  'I am FROMAGe: I look at images and talk about them, and I can answer with images I retrieve.',
+  '- Mention me with a message, an image, or both; I remember the conversation in this channel or thread.',
+  '- retrieve <text>: find images for a description.',
+  '- reset: forget this conversation.',
+  '- settings [ret_scale=1.0] [max_images=2] [words=32] [temperature=0]: show or change how I answer here.',
+  '- help: this message.',
+].join('\n');
+
+const text = (t: string): Segment => ({ type: 'text', text: t });
+const reply = (kind: Reply['kind'], ...segments: Segment[]): Reply => ({ kind, segments });
+
+export function createMessageHandler(deps: HandlerDeps): MessageHandler {
+  const limits = { ...DEFAULT_LIMITS, ...deps.limits };
+  const { engine, history, scheduler, logger, metrics } = deps;
+
+  async function handle(message: IncomingMessage, responder: Responder): Promise<void> {
+    const conversation = conversationId(message.key);
+    metrics?.countMessage(message.key.platform, message.intent.kind);
+    switch (message.intent.kind) {
+      case 'help':
+        return responder.send(reply('notice', text(HELP_TEXT)));
+      case 'reset':
+        history.reset(conversation);
+        return responder.send(reply('notice', text('I forgot this conversation; we start afresh.')));
+      case 'settings': {
+        const parsed = parseSettingsChanges(message.intent.changes as Record<string, unknown>);
+        if (!parsed.ok) return responder.send(reply('error', text(parsed.message)));
+        const now = Object.keys(parsed.changes).length
+          ? history.updateSettings(conversation, parsed.changes)
+          : history.settings(conversation);
+        return responder.send(reply('notice', text(`Settings here: ${describeSettings(now)}`)));
+      }
+      case 'retrieve':
+        return retrieve(message, message.intent.query, message.intent.count, conversation, responder);
+      case 'chat':
+        return chat(message, conversation, responder);
+    }
+  }
+
+  async function retrieve(message: IncomingMessage, query: string, count: number | undefined, conversation: string, responder: Responder) {
+    const q = query.trim().slice(0, limits.maxMessageChars);
+    if (!q) return responder.send(reply('error', text('Tell me what to look for, for example: retrieve a dog on a beach')));
+    if (!engine.info.hasIndex)
+      return responder.send(reply('error', text('No image index is configured, so I cannot retrieve images. The bot owner can add one with `fromage index import` (see the README).')));
+    const n = Math.max(1, Math.min(4, count ?? history.settings(conversation).maxImages));
+    const images = await runJob(message, conversation, responder, (signal) => engine.retrieve(q, n, { signal }));
+    if (!images) return;
+    if (images.length === 0) return responder.send(reply('notice', text(`I found no image I could load for "${q}".`)));
+    await responder.send(reply('answer', { type: 'images', images }));
+  }
+
+  async function chat(message: IncomingMessage, conversation: string, responder: Responder) {
+    const notes: string[] = [];
+    let question = message.text.trim();
+    let inputs = message.images;
+    if (!question && inputs.length === 0)
+      return responder.send(reply('error', text('Send me some text, an image, or both. Say "help" to see what I can do.')));
+    if (inputs.length > limits.maxImagesPerMessage) {
+      notes.push(`You sent ${inputs.length} images; I looked at the first ${limits.maxImagesPerMessage}.`);
+      inputs = inputs.slice(0, limits.maxImagesPerMessage);
+    }
+    const images: StoredImage[] = [];
+    for (const input of inputs) {
+      try {
+        const bytes = await input.fetch(limits.maxImageBytes);
+        const normalized = await normalizeImage(bytes, input.name);
+        images.push({ hash: normalized.hash, data: normalized.data });
+      } catch (err) {
+        if (err instanceof ImageInputError) return responder.send(reply('error', text(`I could not use ${input.name}: ${err.message}`)));
+        throw err;
+      }
+    }
+    if (!question) question = DEFAULT_IMAGE_QUESTION;
+    if (question.length > limits.maxMessageChars) {
+      notes.push(`Your message was ${question.length} characters; I read the first ${limits.maxMessageChars}.`);
+      question = question.slice(0, limits.maxMessageChars);
+    }
+    const settings = history.settings(conversation);
+    const budget = {
+      contextLength: engine.info.contextLength,
+      nVisualTokens: engine.info.nVisualTokens,
+      maxWords: settings.maxWords,
+      countTokens: (t: string) => engine.countTokens(t),
+    };
+    // Room for the question once its images, the answer and `Q: ...\nA:` are accounted for.
+    const room = budget.contextLength - settings.maxWords - 1 - images.length * budget.nVisualTokens - (await engine.countTokens(questionText('')));
+    if (room < 1) return responder.send(reply('error', text('Too many images for the model context; send fewer images at once.')));
+    const fitted = await fitText(question, room, budget.countTokens);
+    if (fitted.length < question.length) {
+      notes.push(`Your message was too long for the model; I read the first ${fitted.length} characters.`);
+      question = fitted;
+    }
+    const current: Turn = { role: 'user', text: question, images, at: message.receivedAt.getTime() };
+    let items: PromptItem[];
+    try {
+      const built = await buildPrompt(history.turns(conversation), current, budget);
+      items = built.items;
+      if (built.droppedTurns > 0) logger.debug({ conversation, dropped: built.droppedTurns }, 'older turns left out of the prompt');
+    } catch (err) {
+      if (err instanceof PromptTooLongError) return responder.send(reply('error', text(err.message)));
+      throw err;
+    }
+    const started = Date.now();
+    const result = await runJob(message, conversation, responder, (signal) =>
+      engine.chat(items, settings, { signal, onText: (t) => void responder.progress({ state: 'running', text: t }).catch(() => {}) }),
+    );
+    if (!result) return;
+    metrics?.countTokens(result.generatedTokens, (Date.now() - started) / 1000);
+    const answerText =
+      result.historyText ?? result.segments.flatMap((s) => (s.type === 'text' ? [s.text] : [])).join(' ');
+    history.append(conversation, current, { role: 'bot', text: answerText, images: [], at: Date.now() });
+    const segments: Segment[] = [];
+    if (notes.length) segments.push(text(`(${notes.join(' ')})`));
+    segments.push(...result.segments);
+    if (result.segments.length === 0) segments.push(text('(I had nothing to say to that.)'));
+    await responder.send(reply('answer', ...segments));
+  }
+
+  /** Queues `work`; on failure answers the user and returns undefined. */
+  async function runJob<T>(message: IncomingMessage, conversation: string, responder: Responder, work: (signal: AbortSignal) => Promise<T>): Promise<T | undefined> {
+    const job = scheduler.submit({
+      conversation,
+      user: `${message.key.platform}:${message.author.id}`,
+      run: work,
+      onQueued: (position, etaSeconds) => void responder.progress({ state: 'queued', position, etaSeconds }).catch(() => {}),
+      onStart: () => void responder.typing().catch(() => {}),
+    });
+    try {
+      return await job.result;
+    } catch (err) {
+      if (err instanceof SchedulerRejection) {
+        metrics?.countError(err.reason);
+        await responder.send(reply(err.reason === 'busy' || err.reason === 'rate-limited' ? 'busy' : 'error', text(err.message)));
+        return undefined;
+      }
+      if (err instanceof EngineInputError || err instanceof ImageInputError) {
+        metrics?.countError('input');
+        await responder.send(reply('error', text(err.message)));
+        return undefined;
+      }
+      throw err;
+    }
+  }
+
+  return async (message, responder) => {
+    try {
+      await handle(message, responder);
+    } catch (err) {
+      const ref = randomUUID().slice(0, 8);
+      metrics?.countError('internal');
+      logger.error({ err, ref, platform: message.key.platform }, 'request failed');
+      await responder
+        .send(reply('error', text(`Something went wrong on my side (reference ${ref}); please try again.`)))
+        .catch((e: unknown) => logger.warn({ err: e, ref }, 'could not deliver the error reply'));
+    }
+  };
+}
+

@@ -1,0 +1,95 @@
+/**
+ * The composition root: history, scheduler, metrics and handler around one engine, fed by the
+ * adapters the configuration enables. `stop()` is what SIGINT/SIGTERM run.
+ */
+import type { Server } from 'node:http';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from '../config.ts';
+import { SqliteHistoryStore, type HistoryStore } from '../conversation/history.ts';
+import type { Adapter } from '../conversation/types.ts';
+import type { Engine } from '../model/engine-api.ts';
+import { Scheduler } from '../queue/scheduler.ts';
+import { createMessageHandler } from './handler.ts';
+import { startHttp } from './http.ts';
+import { createMetrics, type ServiceMetrics } from './metrics.ts';
+
+export interface ServiceOptions {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly engine: Engine;
+  readonly adapters: readonly Adapter[];
+  /** Defaults to SQLite under FROMAGE_DATA_DIR. */
+  readonly history?: HistoryStore;
+  /** Grace period for running jobs at shutdown. */
+  readonly shutdownGraceMs?: number;
+}
+
+export interface RunningService {
+  readonly metrics: ServiceMetrics;
+  readonly scheduler: Scheduler;
+  readonly http?: Server;
+  stop(): Promise<void>;
+}
+
+export async function startService(options: ServiceOptions): Promise<RunningService> {
+  const { config, logger, engine, adapters } = options;
+  const metrics = createMetrics({ defaultMetrics: config.HTTP_PORT !== undefined });
+  const history = options.history ?? new SqliteHistoryStore(join(config.FROMAGE_DATA_DIR, 'history.sqlite'), { maxTurns: config.FROMAGE_HISTORY_TURNS });
+  const scheduler = new Scheduler(
+    {
+      concurrency: config.FROMAGE_ENGINE_SLOTS,
+      maxQueued: config.FROMAGE_QUEUE_LIMIT,
+      userRatePerMinute: config.FROMAGE_USER_RATE,
+      userBurst: config.FROMAGE_USER_BURST,
+      jobTimeoutMs: config.FROMAGE_JOB_TIMEOUT_S * 1000,
+    },
+    metrics.schedulerObserver,
+  );
+  const handler = createMessageHandler({
+    engine,
+    history,
+    scheduler,
+    logger,
+    metrics,
+    limits: { maxImagesPerMessage: config.FROMAGE_MAX_IMAGES_PER_MESSAGE, maxImageBytes: config.FROMAGE_MAX_IMAGE_BYTES },
+  });
+  let stopping = false;
+  const started: Adapter[] = [];
+  const stopAll = async () => {
+    await Promise.allSettled(started.map((a) => a.stop()));
+  };
+  try {
+    for (const adapter of adapters) {
+      await adapter.start(handler);
+      started.push(adapter);
+      logger.info({ platform: adapter.platform }, 'adapter started');
+    }
+  } catch (err) {
+    await stopAll();
+    history.close();
+    throw err;
+  }
+  const http =
+    config.HTTP_PORT === undefined
+      ? undefined
+      : await startHttp(config.HTTP_PORT, metrics.registry, {
+          health: () => ({ ok: !stopping, adapters: started.map((a) => a.platform), bundle: engine.info.bundleId, ...scheduler.stats() }),
+        });
+  return {
+    metrics,
+    scheduler,
+    http,
+    async stop() {
+      if (stopping) return;
+      stopping = true;
+      logger.info('shutting down: no new requests; finishing running answers');
+      await scheduler.shutdown(options.shutdownGraceMs ?? 30_000);
+      await stopAll();
+      await new Promise<void>((r) => (http ? http.close(() => r()) : r()));
+      history.close();
+      await engine.close();
+      logger.info('stopped');
+    },
+  };
+}

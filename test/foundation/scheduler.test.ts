@@ -1,0 +1,182 @@
+import { describe, expect, it } from 'vitest';
+import { Scheduler, SchedulerRejection, type SchedulerOptions } from '../../src/queue/scheduler.ts';
+
+const base: SchedulerOptions = { concurrency: 1, maxQueued: 100, userRatePerMinute: 600, userBurst: 100, jobTimeoutMs: 5_000, initialRunEstimateMs: 1000 };
+
+/** A job that finishes when `release()` is called, recording when it ran. */
+function gate() {
+  let release!: () => void;
+  const done = new Promise<void>((r) => (release = r));
+  return { done, release };
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+describe('Scheduler', () => {
+  it('runs one job per conversation at a time, in arrival order', async () => {
+    const s = new Scheduler({ ...base, concurrency: 4 });
+    const order: string[] = [];
+    const gates = [gate(), gate(), gate()];
+    const jobs = gates.map((g, i) =>
+      s.submit({
+        conversation: 'c',
+        user: `u${i}`,
+        run: async () => {
+          order.push(`start${i}`);
+          await g.done;
+          order.push(`end${i}`);
+          return i;
+        },
+      }),
+    );
+    await tick();
+    expect(order).toEqual(['start0']);
+    gates[1].release();
+    gates[2].release();
+    gates[0].release();
+    expect(await Promise.all(jobs.map((j) => j.result))).toEqual([0, 1, 2]);
+    expect(order).toEqual(['start0', 'end0', 'start1', 'end1', 'start2', 'end2']);
+  });
+
+  it('runs different conversations in parallel up to the slot count', async () => {
+    const s = new Scheduler({ ...base, concurrency: 2 });
+    let running = 0;
+    let peak = 0;
+    const jobs = Array.from({ length: 6 }, (_, i) =>
+      s.submit({
+        conversation: `c${i}`,
+        user: `u${i}`,
+        run: async () => {
+          running++;
+          peak = Math.max(peak, running);
+          await new Promise((r) => setTimeout(r, 5));
+          running--;
+        },
+      }),
+    );
+    await Promise.all(jobs.map((j) => j.result));
+    expect(peak).toBe(2);
+  });
+
+  it('is fair across users: a burst from one user does not starve another', async () => {
+    const s = new Scheduler({ ...base, concurrency: 1 });
+    const order: string[] = [];
+    const first = gate();
+    const jobs = [
+      s.submit({ conversation: 'hold', user: 'z', run: () => first.done }),
+      ...Array.from({ length: 5 }, (_, i) => s.submit({ conversation: `a${i}`, user: 'alice', run: async () => void order.push(`alice${i}`) })),
+      s.submit({ conversation: 'b0', user: 'bob', run: async () => void order.push('bob0') }),
+      s.submit({ conversation: 'b1', user: 'bob', run: async () => void order.push('bob1') }),
+    ];
+    first.release();
+    await Promise.all(jobs.map((j) => j.result));
+    expect(order.slice(0, 4)).toEqual(['alice0', 'bob0', 'alice1', 'bob1']);
+  });
+
+  it('reports queue positions and ETAs as jobs move up', async () => {
+    const s = new Scheduler({ ...base, concurrency: 1, initialRunEstimateMs: 2000 });
+    const first = gate();
+    const positions: [number, number][] = [];
+    const a = s.submit({ conversation: 'a', user: 'a', run: () => first.done });
+    const b = s.submit({ conversation: 'b', user: 'b', run: async () => {} });
+    const c = s.submit({ conversation: 'c', user: 'c', run: async () => {}, onQueued: (p, eta) => positions.push([p, eta]) });
+    expect(positions[0][0]).toBe(2);
+    expect(positions[0][1]).toBeGreaterThanOrEqual(4);
+    first.release();
+    await Promise.all([a.result, b.result, c.result]);
+    expect(positions.map((p) => p[0])).toEqual([2, 1]);
+  });
+
+  it('rate-limits a user with a retry time', async () => {
+    const s = new Scheduler({ ...base, userRatePerMinute: 2, userBurst: 2 });
+    const ok = [s.submit({ conversation: 'a', user: 'u', run: async () => 1 }), s.submit({ conversation: 'b', user: 'u', run: async () => 2 })];
+    const limited = s.submit({ conversation: 'c', user: 'u', run: async () => 3 });
+    await expect(limited.result).rejects.toMatchObject({ reason: 'rate-limited', retryAfterSeconds: 30 });
+    await expect(limited.result).rejects.toThrow(/try again in 30 s/);
+    expect(await Promise.all(ok.map((j) => j.result))).toEqual([1, 2]);
+    // Another user is not affected.
+    await expect(s.submit({ conversation: 'd', user: 'v', run: async () => 4 }).result).resolves.toBe(4);
+  });
+
+  it('refuses at once with an ETA when the queue is full, and drops nothing silently', async () => {
+    const s = new Scheduler({ ...base, maxQueued: 2, initialRunEstimateMs: 3000 });
+    const hold = gate();
+    const running = s.submit({ conversation: 'r', user: 'r', run: () => hold.done.then(() => 'r') });
+    const q1 = s.submit({ conversation: 'a', user: 'a', run: async () => 'a' });
+    const q2 = s.submit({ conversation: 'b', user: 'b', run: async () => 'b' });
+    const full = s.submit({ conversation: 'c', user: 'c', run: async () => 'c' });
+    await expect(full.result).rejects.toMatchObject({ reason: 'busy' });
+    await expect(full.result).rejects.toThrow(/busy right now; try again in ~\d+ s/);
+    hold.release();
+    expect(await Promise.all([running.result, q1.result, q2.result])).toEqual(['r', 'a', 'b']);
+  });
+
+  it('times out a job, aborting its signal, and frees the slot only when the work stops', async () => {
+    const s = new Scheduler({ ...base, jobTimeoutMs: 30 });
+    let sawAbort = false;
+    const slow = s.submit({
+      conversation: 'a',
+      user: 'a',
+      run: (signal) =>
+        new Promise((_, reject) => {
+          signal.addEventListener('abort', () => {
+            sawAbort = true;
+            setTimeout(() => reject(new Error('stopped')), 20);
+          });
+        }),
+    });
+    const next = s.submit({ conversation: 'b', user: 'b', run: async () => s.stats().running });
+    await expect(slow.result).rejects.toMatchObject({ reason: 'timeout' });
+    expect(sawAbort).toBe(true);
+    expect(s.stats().running).toBe(1);
+    await expect(next.result).resolves.toBe(1);
+  });
+
+  it('cancels a queued job and a running one', async () => {
+    const s = new Scheduler(base);
+    const hold = gate();
+    const running = s.submit({
+      conversation: 'a',
+      user: 'a',
+      run: (signal) => new Promise((_, reject) => signal.addEventListener('abort', () => reject(new Error('aborted')))),
+    });
+    const queued = s.submit({ conversation: 'b', user: 'b', run: () => hold.done });
+    queued.cancel();
+    await expect(queued.result).rejects.toMatchObject({ reason: 'cancelled' });
+    expect(s.stats().queued).toBe(0);
+    running.cancel();
+    await expect(running.result).rejects.toMatchObject({ reason: 'cancelled' });
+  });
+
+  it('shuts down: refuses new jobs, fails queued ones with a message, lets running ones finish', async () => {
+    const s = new Scheduler(base);
+    const hold = gate();
+    const running = s.submit({ conversation: 'a', user: 'a', run: () => hold.done.then(() => 'done') });
+    const queued = s.submit({ conversation: 'b', user: 'b', run: async () => 'never' });
+    const stopping = s.shutdown(1000);
+    await expect(queued.result).rejects.toMatchObject({ reason: 'shutting-down' });
+    await expect(queued.result).rejects.toThrow(/send it again/);
+    await expect(s.submit({ conversation: 'c', user: 'c', run: async () => 1 }).result).rejects.toMatchObject({ reason: 'shutting-down' });
+    hold.release();
+    await stopping;
+    await expect(running.result).resolves.toBe('done');
+  });
+
+  it('aborts running jobs that outlast the shutdown grace period', async () => {
+    const s = new Scheduler(base);
+    const running = s.submit({
+      conversation: 'a',
+      user: 'a',
+      run: (signal) => new Promise((_, reject) => signal.addEventListener('abort', () => reject(new Error('aborted')))),
+    });
+    await s.shutdown(20);
+    const err = await running.result.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SchedulerRejection);
+    expect((err as SchedulerRejection).message).toMatch(/cut short/);
+  });
+
+  it('passes job errors through unchanged', async () => {
+    const s = new Scheduler(base);
+    await expect(s.submit({ conversation: 'a', user: 'a', run: async () => Promise.reject(new Error('engine broke')) }).result).rejects.toThrow('engine broke');
+  });
+});
