@@ -30,7 +30,6 @@ async function main(): Promise<void> {
   /** Per job: submit cost + dispatch latency (when it waited for a slot). */
   const overhead: number[] = [];
   let lastEnd = 0;
-  let running = 0;
   let peakRss = process.memoryUsage().rss;
   const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 5);
   const started = performance.now();
@@ -49,9 +48,7 @@ async function main(): Promise<void> {
           const dispatch = lastEnd > 0 ? Math.max(0, now - Math.max(lastEnd, t0)) : 0;
           if (lastEnd > 0) dispatchMs.push(dispatch);
           overhead[job] = (overhead[job] ?? 0) + dispatch;
-          running++;
           const r = await engine.chat([{ type: 'text', text: `Q: message ${m} from ${u}\nA:` }], { retScaleFactor: 1, maxImages: 2, maxWords: 32, temperature: 0 }, { signal });
-          running--;
           lastEnd = performance.now();
           return r;
         },

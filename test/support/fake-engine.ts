@@ -6,7 +6,7 @@
 import sharp from 'sharp';
 import type { ChatResult, Engine, GenerationSettings, PromptItem, RunOptions } from '../../src/model/engine-api.ts';
 import { EngineInputError } from '../../src/model/engine-api.ts';
-import type { ReplyImage } from '../../src/conversation/types.ts';
+import type { ReplyImage, Segment } from '../../src/conversation/types.ts';
 
 export interface FakeEngineOptions {
   contextLength?: number;
@@ -42,7 +42,7 @@ export class FakeEngine implements Engine {
     const images = prompt.filter((p) => p.type === 'image').length;
     const answer = `I see ${images} image(s). You said: ${question}`;
     options.onText?.(answer);
-    const segments: ChatResult['segments'] = [{ type: 'text', text: answer }];
+    const segments: Segment[] = [{ type: 'text', text: answer }];
     if (/show/i.test(question)) segments.push({ type: 'images', images: [await fakeImage('retrieved.png', 0.5)] });
     return { segments, generatedTokens: Math.ceil(answer.length / 4) };
   }
