@@ -1,0 +1,81 @@
+/**
+ * Builds the Bolt App for the configured mode. Socket Mode (an app-level token) needs no
+ * public URL and is the default; HTTP mode serves Bolt's receiver at /slack/events, which
+ * verifies each request's signature and rejects stale timestamps (replays).
+ */
+import { inspect } from 'node:util';
+import { App, HTTPReceiver, LogLevel, SocketModeReceiver, type Logger as BoltLogger } from '@slack/bolt';
+import type { Config } from '../../src/config.ts';
+import type { Logger } from '../../src/log.ts';
+import type { WebClientOptions } from './web-api.ts';
+
+export const EVENTS_PATH = '/slack/events';
+
+export type SlackMode =
+  | { readonly kind: 'socket'; readonly appToken: string }
+  | { readonly kind: 'http'; readonly signingSecret: string; readonly port: number; readonly host?: string };
+
+/** Socket Mode whenever an app token is set; HTTP mode needs the signing secret and a port. */
+export function slackMode(config: Config): SlackMode {
+  if (config.SLACK_APP_TOKEN) return { kind: 'socket', appToken: config.SLACK_APP_TOKEN };
+  if (config.SLACK_SIGNING_SECRET && config.SLACK_PORT !== undefined)
+    return { kind: 'http', signingSecret: config.SLACK_SIGNING_SECRET, port: config.SLACK_PORT };
+  throw new Error(
+    'Slack needs SLACK_APP_TOKEN (Socket Mode, no public URL) or SLACK_SIGNING_SECRET and SLACK_PORT (HTTP mode).',
+  );
+}
+
+function describe(parts: unknown[]): string {
+  return parts.map((p) => (typeof p === 'string' ? p : inspect(p, { depth: 3, breakLength: Infinity }))).join(' ');
+}
+
+/** Bolt logs through our pino logger, so its lines get the same secret redaction. */
+export function boltLogger(logger: Logger): BoltLogger {
+  let level = LogLevel.INFO;
+  return {
+    debug: (...msg: unknown[]) => logger.debug(describe(msg)),
+    info: (...msg: unknown[]) => logger.info(describe(msg)),
+    warn: (...msg: unknown[]) => logger.warn(describe(msg)),
+    error: (...msg: unknown[]) => logger.error(describe(msg)),
+    setLevel: (l: LogLevel) => {
+      level = l;
+    },
+    getLevel: () => level,
+    setName: () => undefined,
+  };
+}
+
+export interface BoltAppOptions {
+  readonly botToken: string;
+  readonly botId?: string;
+  readonly botUserId?: string;
+  readonly mode: SlackMode;
+  readonly clientOptions: WebClientOptions;
+  readonly logger: Logger;
+}
+
+export function createBoltApp(options: BoltAppOptions): App {
+  const logger = boltLogger(options.logger);
+  const { mode } = options;
+  const receiver =
+    mode.kind === 'socket'
+      ? new SocketModeReceiver({
+          appToken: mode.appToken,
+          logger,
+          // Bolt hands the socket client's Web API options over only through installerOptions;
+          // without them apps.connections.open would ignore SLACK_API_URL.
+          installerOptions: { clientOptions: options.clientOptions },
+        })
+      : new HTTPReceiver({ signingSecret: mode.signingSecret, endpoints: EVENTS_PATH, logger, processBeforeResponse: false });
+  return new App({
+    token: options.botToken,
+    // Known from our own auth.test at start, so Bolt does not call it again per event.
+    botId: options.botId,
+    botUserId: options.botUserId,
+    tokenVerificationEnabled: false,
+    receiver,
+    logger,
+    clientOptions: options.clientOptions,
+    convoStore: false,
+  });
+}
