@@ -3,6 +3,7 @@
  * Hugging Face, Bearer headers) and the exact values of configured secrets.
  */
 import { pino, type Logger, type LoggerOptions } from 'pino';
+import pretty from 'pino-pretty';
 import type { Config } from './config.ts';
 import { secretValues } from './config.ts';
 
@@ -26,9 +27,14 @@ export function createLogger(
   destination: NodeJS.WritableStream = process.stderr,
 ): Logger {
   const secrets = secretValues(config as Config);
+  // People at a terminal get readable lines; services and log collectors get JSON.
+  const sink: NodeJS.WritableStream =
+    (destination as NodeJS.WriteStream).isTTY === true
+      ? pretty({ colorize: true, translateTime: 'HH:MM:ss', ignore: 'pid,hostname', destination: destination as NodeJS.WriteStream })
+      : destination;
   const stream = {
     write(line: string) {
-      destination.write(redact(line, secrets));
+      sink.write(redact(line, secrets));
     },
   };
   const options: LoggerOptions = {

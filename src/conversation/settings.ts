@@ -4,9 +4,9 @@ import type { ConversationSettings } from './types.ts';
 
 export const settingsChangesSchema = z
   .object({
-    retScaleFactor: z.coerce.number().min(0).max(10),
+    retScaleFactor: z.coerce.number().min(0).max(5),
     maxImages: z.coerce.number().int().min(1).max(4),
-    maxWords: z.coerce.number().int().min(1).max(256),
+    maxWords: z.coerce.number().int().min(1).max(128),
     temperature: z.coerce.number().min(0).max(2),
   })
   .partial()

@@ -107,7 +107,7 @@ describe('message handler', () => {
     expect((await ask('', { intent: { kind: 'reset' } })).text()).toMatch(/forgot this conversation/);
     expect(history.turns('shell:test:c1:-')).toHaveLength(0);
     expect((await ask('', { intent: { kind: 'settings', changes: { maxWords: 48 } } })).text()).toMatch(/words=48/);
-    expect((await ask('', { intent: { kind: 'settings', changes: { maxWords: 9999 } } })).text()).toMatch(/Setting words: .*256/);
+    expect((await ask('', { intent: { kind: 'settings', changes: { maxWords: 9999 } } })).text()).toMatch(/Setting words: .*128/);
     expect((await ask('', { intent: { kind: 'help' } })).text()).toMatch(/retrieve <text>/);
   });
 

@@ -87,7 +87,7 @@ describe('shell adapter, end to end through stdin/stdout', () => {
     expect(out).toContain('fromage (error)> Usage: /image <path or url>');
     expect(out).toMatch(/I could not use missing.png: there is no file at/);
     expect(out).toMatch(/I could not use corrupt.png: .*not an image|corrupt/);
-    expect(out).toMatch(/Setting words: .*256/);
+    expect(out).toMatch(/Setting words: .*128/);
     expect(out).toMatch(/Your message was 20000 characters; I read the first 4000/);
     expect(out).toContain('fromage> I see 0 image(s). You said: still alive?');
   });
