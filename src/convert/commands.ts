@@ -1,5 +1,41 @@
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 
-export function registerConvertCommands(_program: Command): void {
-  // Filled in by the Convert work.
+export function registerConvertCommands(program: Command): void {
+  program
+    .command('convert')
+    .description('convert upstream FROMAGe checkpoints (hub folder layout) into a model bundle')
+    .requiredOption('--opt <dir>', 'facebook/opt-6.7b folder (config.json, vocab.json, merges.txt, pytorch_model*.bin)')
+    .requiredOption('--clip <dir>', 'openai/clip-vit-large-patch14 folder (config.json, preprocessor_config.json, model.safetensors or pytorch_model.bin)')
+    .requiredOption('--fromage <dir>', 'FROMAGe folder (model_args.json, pretrained_ckpt.pth.tar)')
+    .requiredOption('--out <dir>', 'bundle directory to create (must not exist or be empty)')
+    .addOption(
+      new Option('--weights <dtype>', 'weight storage: fp32 (exact), fp16 (CUDA), int8 or int4 (MatMulNBits; CPU and small GPUs)')
+        .choices(['fp32', 'fp16', 'int8', 'int4'])
+        .default('int8'),
+    )
+    .option('--block-size <n>', 'MatMulNBits block size for int8/int4 (power of two >= 16)', (v) => Number.parseInt(v, 10), 32)
+    .addOption(
+      new Option('--accuracy-level <n>', 'MatMulNBits accuracy_level: 4 = int8 activations (fast on CPU), 0 = float32 compute (exact; very slow for int8 on CPU)')
+        .choices(['0', '4'])
+        .default('4'),
+    )
+    .addOption(
+      new Option('--attention <impl>', 'decoder attention: mha (com.microsoft.MultiHeadAttention) or plain (standard ONNX ops)').choices(['mha', 'plain']).default('mha'),
+    )
+    .action(async (o: { opt: string; clip: string; fromage: string; out: string; weights: 'fp32' | 'fp16' | 'int8' | 'int4'; blockSize: number; accuracyLevel: '0' | '4'; attention: 'mha' | 'plain' }) => {
+      const { convertBundle } = await import('./convert.ts');
+      const started = Date.now();
+      const r = await convertBundle({ optDir: o.opt, clipDir: o.clip, fromageDir: o.fromage, outDir: o.out, weights: o.weights, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel === '4' ? 4 : 0, attention: o.attention });
+      const secs = ((Date.now() - started) / 1000).toFixed(1);
+      process.stdout.write(`wrote bundle ${r.manifest.id} (${r.manifest.weights.dtype}) to ${r.outDir} in ${secs}s\n`);
+    });
+
+  program
+    .command('inspect')
+    .description("print a bundle's manifest summary and each graph's inputs and outputs")
+    .argument('<bundle>', 'bundle directory (with fromage.json)')
+    .action(async (bundle: string) => {
+      const { inspectBundle, formatBundleReport } = await import('./inspect.ts');
+      process.stdout.write(`${formatBundleReport(await inspectBundle(bundle))}\n`);
+    });
 }
