@@ -1,0 +1,92 @@
+/** The work behind `fromage generate` / `fromage retrieve` (imported lazily by commands.ts). */
+import { readFile } from 'node:fs/promises';
+import { loadConfig } from '../config.ts';
+import { ImageInputError } from '../conversation/types.ts';
+import { loadCaseFile } from './case-file.ts';
+import { toCliResult, toText } from './cli-output.ts';
+import type { ModelCommandOptions } from './commands.ts';
+import { EngineInputError } from './engine-api.ts';
+import { ModelUserError as UserError } from './errors.ts';
+import type { FromageResult } from './fromage.ts';
+import { openIndexBackend } from './index-backend.ts';
+import { FromageRuntime, type RuntimeItem } from './runtime.ts';
+
+async function openRuntime(opts: ModelCommandOptions): Promise<FromageRuntime> {
+  const config = loadConfig();
+  const runtime = await FromageRuntime.open(opts.bundle, { device: config.FROMAGE_DEVICE, threads: config.FROMAGE_THREADS || undefined, warn: (m) => process.stderr.write(`warning: ${m}\n`) });
+  if (opts.index.length > 0) {
+    try {
+      runtime.setRetrieval(
+        await openIndexBackend({ indexDirs: opts.index, logitScale: runtime.bundle.manifest.model.logit_scale, fetch: opts.fetch, fetcher: { allow: config.FROMAGE_FETCH_ALLOW } }),
+      );
+    } catch (err) {
+      await runtime.close();
+      throw err;
+    }
+  }
+  return runtime;
+}
+
+function print(result: FromageResult, json: boolean | undefined): void {
+  process.stdout.write(json ? `${JSON.stringify(toCliResult(result))}\n` : `${toText(result)}\n`);
+}
+
+/** Errors the user caused become UserErrors (message only, exit 1). */
+async function userErrors<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if (err instanceof EngineInputError || err instanceof ImageInputError) throw new UserError(err.message);
+    throw err;
+  }
+}
+
+export async function runGenerateCommand(opts: ModelCommandOptions & { input: string }): Promise<void> {
+  const kase = await loadCaseFile(opts.input);
+  const items: RuntimeItem[] = [];
+  for (const p of kase.prompt) {
+    if ('text' in p) {
+      items.push({ type: 'text', text: p.text });
+      continue;
+    }
+    let data: Buffer;
+    try {
+      data = await readFile(p.image);
+    } catch (err) {
+      throw new UserError(`cannot read prompt image ${p.image}: ${(err as Error).message}`);
+    }
+    items.push({ type: 'image', data, load: p.load });
+  }
+  const runtime = await openRuntime(opts);
+  try {
+    const s = kase.settings;
+    const result = await userErrors(() =>
+      runtime.generate(items, {
+        numWords: s.num_words,
+        retScaleFactor: s.ret_scale_factor,
+        maxNumRets: s.max_num_rets,
+        maxImgPerRet: s.max_img_per_ret,
+        temperature: s.temperature,
+        topP: s.top_p,
+        seed: s.seed,
+        minWordTokens: s.min_word_tokens,
+        referenceRetOffsetBug: s.reference_ret_offset_bug,
+      }),
+    );
+    print(result, opts.json);
+  } finally {
+    await runtime.close();
+  }
+}
+
+export async function runRetrieveCommand(text: string, opts: ModelCommandOptions & { count: string }): Promise<void> {
+  const count = Number(opts.count);
+  if (!Number.isInteger(count) || count < 1 || count > 64) throw new UserError(`--count must be an integer from 1 to 64, got ${opts.count}`);
+  if (opts.index.length === 0) throw new UserError('fromage retrieve needs --index DIR (build one with `fromage index import`)');
+  const runtime = await openRuntime(opts);
+  try {
+    print(await userErrors(() => runtime.retrieve(text, count)), opts.json);
+  } finally {
+    await runtime.close();
+  }
+}

@@ -1,0 +1,36 @@
+/** Errors of the model runtime whose message is the whole story for the user. */
+
+/** The bundle is missing, incomplete or does not match this runtime. */
+export class BundleError extends Error {
+  /** The CLI prints the message without a stack trace. */
+  readonly userFacing = true;
+  constructor(message: string) {
+    super(message);
+    this.name = 'BundleError';
+  }
+}
+
+/** The job was cancelled through its AbortSignal. */
+export class CancelledError extends Error {
+  constructor(message = 'generation was cancelled') {
+    super(message);
+    this.name = 'CancelledError';
+  }
+}
+
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new CancelledError();
+}
+
+/**
+ * A user-caused failure in a model command; src/cli.ts prints `userFacing` errors without a
+ * stack. (Its own UserError cannot be imported from lazily loaded command code: cli.ts is still
+ * evaluating its top-level await then, and the import would never settle.)
+ */
+export class ModelUserError extends Error {
+  readonly userFacing = true;
+  constructor(message: string, readonly exitCode = 1) {
+    super(message);
+    this.name = 'ModelUserError';
+  }
+}

@@ -1,0 +1,80 @@
+/** Messages between FromageEngine (main thread) and its model worker thread. */
+import type { LoadMode } from './preprocess.ts';
+import type { Device } from './session.ts';
+
+export interface WorkerInit {
+  readonly bundleDir: string;
+  readonly device?: Device;
+  readonly threads?: number;
+  readonly visualCacheSize?: number;
+  readonly maxImagePixels?: number;
+  /** Retrieval index directories; none = [RET] resolves to no images. */
+  readonly indexDirs: readonly string[];
+  readonly fetch: boolean;
+  readonly fetchAllow?: readonly string[];
+  readonly imageCacheDir?: string;
+}
+
+export interface WorkerInfo {
+  readonly bundleId: string;
+  readonly contextLength: number;
+  readonly nVisualTokens: number;
+  readonly hasIndex: boolean;
+  readonly device: Device;
+}
+
+export type JobItem = { readonly type: 'text'; readonly text: string } | { readonly type: 'image'; readonly data: Uint8Array; readonly hash: string; readonly load?: LoadMode };
+
+export interface ChatJobSettings {
+  readonly numWords: number;
+  readonly retScaleFactor: number;
+  readonly maxNumRets: number;
+  readonly maxImgPerRet: number;
+  readonly temperature: number;
+  readonly topP: number;
+  readonly seed: number;
+}
+
+export type JobRequest =
+  | { readonly kind: 'chat'; readonly items: readonly JobItem[]; readonly settings: ChatJobSettings; readonly stream: boolean }
+  | { readonly kind: 'retrieve'; readonly query: string; readonly count: number }
+  | { readonly kind: 'countTokens'; readonly text: string }
+  | { readonly kind: 'logLikelihood'; readonly items: readonly JobItem[] };
+
+export interface WireImage {
+  readonly data: Uint8Array;
+  readonly contentType: string;
+  readonly row: number;
+  readonly url: string;
+  readonly score: number;
+  readonly width?: number;
+  readonly height?: number;
+}
+
+export type WireSegment = { readonly type: 'text'; readonly text: string } | { readonly type: 'images'; readonly images: readonly WireImage[] };
+
+export type JobResult =
+  | { readonly kind: 'chat'; readonly segments: readonly WireSegment[]; readonly generatedTokens: number; readonly historyText: string }
+  | { readonly kind: 'retrieve'; readonly images: readonly WireImage[] }
+  | { readonly kind: 'countTokens'; readonly count: number }
+  | { readonly kind: 'logLikelihood'; readonly value: number };
+
+export interface WireError {
+  readonly name: string;
+  readonly message: string;
+  readonly reason?: string;
+}
+
+export type ToWorker =
+  | { readonly type: 'job'; readonly id: number; readonly job: JobRequest }
+  | { readonly type: 'cancel'; readonly id: number }
+  /** Abort everything and exit once no graph call is running (terminating mid-call would abort the process). */
+  | { readonly type: 'shutdown' };
+
+export type FromWorker =
+  | { readonly type: 'ready'; readonly info: WorkerInfo }
+  | { readonly type: 'log'; readonly level: 'warn' | 'info'; readonly message: string }
+  | { readonly type: 'init-error'; readonly error: WireError }
+  | { readonly type: 'text'; readonly id: number; readonly text: string }
+  | { readonly type: 'result'; readonly id: number; readonly result: JobResult }
+  | { readonly type: 'error'; readonly id: number; readonly error: WireError };
