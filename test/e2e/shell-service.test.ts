@@ -1,0 +1,113 @@
+/**
+ * The whole product on the tiny fixtures, as a self-hoster runs it: the checkpoints converted by
+ * the real converter, the CC3M-format pickle imported as an index, the real engine in its worker,
+ * the service (history, scheduler, handler) and the shell adapter driven through stdin/stdout.
+ * Answers must be the reference FROMAGe's.
+ */
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createShellAdapter } from '../../adapters/shell/index.ts';
+import { loadConfig } from '../../src/config.ts';
+import { SqliteHistoryStore } from '../../src/conversation/history.ts';
+import { convertBundle } from '../../src/convert/convert.ts';
+import { openEngine } from '../../src/model/engine.ts';
+import { importPickle } from '../../src/retrieval/import-pickle.ts';
+import { startService, type RunningService } from '../../src/service/service.ts';
+import { serveFixtureImages } from '../model/helpers.ts';
+
+const FIXTURES = 'test/fixtures';
+const cases = JSON.parse(await readFile(join(FIXTURES, 'reference/fromage_cases.json'), 'utf8'));
+
+let work: string;
+let images: Awaited<ReturnType<typeof serveFixtureImages>>;
+let service: RunningService;
+const input = new PassThrough();
+const output = new PassThrough();
+let transcript = '';
+output.on('data', (d: Buffer) => (transcript += d.toString()));
+
+/** Types a line and waits until the bot has printed `until` (or a reply after the line). */
+async function type(line: string, until: RegExp): Promise<string> {
+  const from = transcript.length;
+  input.write(`${line}\n`);
+  const deadline = Date.now() + 30_000;
+  while (!until.test(transcript.slice(from))) {
+    if (Date.now() > deadline) throw new Error(`no answer matching ${until} after "${line}":\n${transcript.slice(from)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return transcript.slice(from);
+}
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'fromage-e2e-'));
+  const bundle = join(work, 'bundle');
+  await convertBundle({
+    optDir: join(FIXTURES, 'facebook/opt-6.7b'),
+    clipDir: join(FIXTURES, 'openai/clip-vit-large-patch14'),
+    fromageDir: join(FIXTURES, 'fromage_model'),
+    outDir: bundle,
+    weights: 'fp32',
+    progress: { silent: true },
+  });
+  images = await serveFixtureImages();
+  const index = join(work, 'index');
+  await importPickle(join(FIXTURES, 'fromage_model/cc3m_embeddings.pkl'), index, { silent: true });
+  // The fixture index names its images http://127.0.0.1:PORT/img/...: point them at our server.
+  const urls = await readFile(join(index, 'urls.txt'), 'utf8');
+  await writeFile(join(index, 'urls.txt'), urls.replaceAll('PORT', String(images.port)));
+  const config = loadConfig({ FROMAGE_BUNDLE: bundle, FROMAGE_INDEX: index, FROMAGE_DATA_DIR: join(work, 'data'), FROMAGE_FETCH_ALLOW: '127.0.0.1' });
+  const engine = await openEngine({
+    bundleDir: bundle,
+    indexDirs: [index],
+    device: 'cpu',
+    threads: 1,
+    dataDir: config.FROMAGE_DATA_DIR,
+    fetchAllow: config.FROMAGE_FETCH_ALLOW,
+  });
+  service = await startService({
+    config,
+    logger: pino({ level: 'silent' }),
+    engine,
+    adapters: [createShellAdapter({ input, output, imageDir: join(work, 'shell-images') })],
+    history: new SqliteHistoryStore(join(work, 'data', 'history.sqlite'), { maxTurns: 50 }),
+  });
+}, 120_000);
+
+afterAll(async () => {
+  await service?.stop();
+  await images?.close();
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('fromage in a terminal, end to end on the fixture model', () => {
+  it('answers an image question exactly as the reference (case i)', async () => {
+    await type('/settings words=16 max_images=1', /Settings here/);
+    await type(`/image ${FIXTURES}/images/landscape.png`, /attached/);
+    const out = await type('what is this?', /fromage> .*\n/);
+    const expected = cases.vis1.i_image_qa.return_outputs[0] as string;
+    expect(out).toContain(`fromage> ${expected}`);
+  });
+
+  it('shows the images the model retrieves mid-answer, in order (case iv)', async () => {
+    const iv = cases.vis1.iv_ret_mid_answer;
+    await type('/reset', /forgot/);
+    await type(`/settings ret_scale=${iv.kwargs.ret_scale_factor} words=${iv.kwargs.num_words} max_images=1`, /Settings here/);
+    await type(`/image ${FIXTURES}/images/alpha.png`, /attached/);
+    const out = await type('what is this?', /\[image\][\s\S]*\[image\].*\n/);
+    const savedFrom = [...out.matchAll(/\[image\] .* \(from (.*)\)/g)].map((m) => m[1]);
+    expect(savedFrom.map((u) => u.replace(/^.*\/img\//, ''))).toEqual(['00042.png', '00009.png']);
+    expect(out.indexOf('00042.png')).toBeLessThan(out.indexOf('00009.png'));
+  });
+
+  it('retrieves for a description, skipping the dead link like the reference (case iii)', async () => {
+    await type('/settings max_images=2', /Settings here/);
+    const out = await type('/retrieve a photo of a red circle', /\[image\][\s\S]*\[image\].*\n/);
+    const rows = [...out.matchAll(/\[image\] .* \(from .*\/img\/(\d+)\.png\)/g)].map((m) => Number(m[1]));
+    expect(rows).toEqual(cases.vis1.iii_text_ret.rets[0].returned.slice(0, 2));
+    expect((await readdir(join(work, 'shell-images'))).length).toBeGreaterThanOrEqual(4);
+  });
+});
