@@ -24,21 +24,14 @@ export function buildProgram(): Command {
   return program;
 }
 
-/** Errors whose message is the whole story for the user: printed without a stack trace. */
-export class UserError extends Error {
-  constructor(message: string, readonly exitCode = 1) {
-    super(message);
-    this.name = 'UserError';
-  }
-}
-
 async function main(): Promise<void> {
   try {
     await buildProgram().parseAsync(process.argv);
   } catch (err) {
     if (err instanceof CommanderError) process.exit(err.exitCode);
+    // Errors marked `userFacing` (see src/conversation/errors.ts) say what to do: no stack trace.
     const e = err as Error & { exitCode?: number; userFacing?: boolean };
-    if (e.name === 'UserError' || e.name === 'ConfigError' || e.userFacing) {
+    if (e.userFacing) {
       process.stderr.write(`error: ${e.message}\n`);
       process.exit(e.exitCode ?? 1);
     }

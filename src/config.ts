@@ -71,6 +71,7 @@ const HINTS: Partial<Record<keyof Config, string>> = {
 };
 
 export class ConfigError extends Error {
+  readonly userFacing = true;
   constructor(readonly problems: string[]) {
     super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}\nFix these in .env or the environment (see .env.example).`);
     this.name = 'ConfigError';

@@ -32,6 +32,7 @@ import {
   type ResponderTiming,
 } from './responder.ts';
 import { mayChangeSettings, memberRoleIds, parseFromageCommand } from './slash.ts';
+import { UserFacingError } from '../../src/conversation/errors.ts';
 
 export interface DiscordAdapterOptions {
   /** Progress-edit and typing cadence; tests shorten them. */
@@ -58,7 +59,7 @@ const INTERNAL_ERROR = 'Something went wrong on my side while answering. Please 
 
 /** A user-facing configuration error (printed without a stack trace by the CLI). */
 function userFacing(message: string): Error {
-  return Object.assign(new Error(message), { userFacing: true });
+  return new UserFacingError(message);
 }
 
 export function createDiscordAdapter(config: Config, logger: Logger, options: DiscordAdapterOptions = {}): Adapter {

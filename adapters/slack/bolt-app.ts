@@ -8,6 +8,7 @@ import { App, HTTPReceiver, LogLevel, SocketModeReceiver, type Logger as BoltLog
 import type { Config } from '../../src/config.ts';
 import type { Logger } from '../../src/log.ts';
 import type { WebClientOptions } from './web-api.ts';
+import { UserFacingError } from '../../src/conversation/errors.ts';
 
 export const EVENTS_PATH = '/slack/events';
 
@@ -20,7 +21,7 @@ export function slackMode(config: Config): SlackMode {
   if (config.SLACK_APP_TOKEN) return { kind: 'socket', appToken: config.SLACK_APP_TOKEN };
   if (config.SLACK_SIGNING_SECRET && config.SLACK_PORT !== undefined)
     return { kind: 'http', signingSecret: config.SLACK_SIGNING_SECRET, port: config.SLACK_PORT };
-  throw new Error(
+  throw new UserFacingError(
     'Slack needs SLACK_APP_TOKEN (Socket Mode, no public URL) or SLACK_SIGNING_SECRET and SLACK_PORT (HTTP mode).',
   );
 }

@@ -17,6 +17,7 @@ import { escapeMrkdwn } from './mrkdwn.ts';
 import { eventEnvelopeSchema, messageEventSchema, slashCommandSchema } from './payloads.ts';
 import { SlackResponder, type Ephemeral } from './responder.ts';
 import { createWebClient, slackErrorCode, webApi, webClientOptions, type SlackApi, type WebClientOptions } from './web-api.ts';
+import { UserFacingError } from '../../src/conversation/errors.ts';
 
 export interface SlackAdapterOptions {
   /** Layered over the Web API client defaults (tests turn retries off). */
@@ -63,7 +64,7 @@ class BoltSlackAdapter implements SlackAdapter {
 
   async start(handler: MessageHandler): Promise<void> {
     const token = this.config.SLACK_BOT_TOKEN;
-    if (!token) throw new Error('SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...) from your Slack app.');
+    if (!token) throw new UserFacingError('SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...) from your Slack app.');
     const mode = slackMode(this.config);
     const clientOptions = webClientOptions(this.config.SLACK_API_URL, { logger: boltLogger(this.log), ...this.options.clientOptions });
     const client = createWebClient(token, clientOptions);
@@ -72,8 +73,8 @@ class BoltSlackAdapter implements SlackAdapter {
       auth = await client.auth.test();
     } catch (err) {
       const code = slackErrorCode(err);
-      if (code) throw new Error(`Slack rejected SLACK_BOT_TOKEN (${code}): copy the Bot User OAuth Token again from OAuth & Permissions.`, { cause: err });
-      throw new Error(`Could not reach Slack at ${this.config.SLACK_API_URL} (${(err as Error).message}): check the network, or SLACK_API_URL.`, { cause: err });
+      if (code) throw new UserFacingError(`Slack rejected SLACK_BOT_TOKEN (${code}): copy the Bot User OAuth Token again from OAuth & Permissions.`, { cause: err });
+      throw new UserFacingError(`Could not reach Slack at ${this.config.SLACK_API_URL} (${(err as Error).message}): check the network, or SLACK_API_URL.`, { cause: err });
     }
     this.handler = handler;
     this.teamId = auth.team_id ?? '';
@@ -110,7 +111,7 @@ class BoltSlackAdapter implements SlackAdapter {
         await app.start();
       } catch (err) {
         const code = slackErrorCode(err) ?? (err as Error).message;
-        throw new Error(`Socket Mode could not connect (${code}): check SLACK_APP_TOKEN, an app-level token with connections:write, and that Socket Mode is enabled for the app.`, { cause: err });
+        throw new UserFacingError(`Socket Mode could not connect (${code}): check SLACK_APP_TOKEN, an app-level token with connections:write, and that Socket Mode is enabled for the app.`, { cause: err });
       }
       this.log.info('slack: connected in Socket Mode');
     }

@@ -11,7 +11,7 @@ export function registerConvertCommands(program: Command): void {
     .addOption(
       new Option('--weights <dtype>', 'weight storage: fp32 (exact), fp16 (CUDA), int8 or int4 (MatMulNBits; CPU and small GPUs)')
         .choices(['fp32', 'fp16', 'int8', 'int4'])
-        .default('int8'),
+        .default('int4'),
     )
     .option('--block-size <n>', 'MatMulNBits block size for int8/int4 (power of two >= 16)', (v) => Number.parseInt(v, 10), 32)
     .addOption(

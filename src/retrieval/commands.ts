@@ -2,12 +2,22 @@ import { Option, type Command } from 'commander';
 
 const int = (v: string) => Number.parseInt(v, 10);
 
-/** logit_scale from --logit-scale or a bundle's fromage.json (--bundle). */
-async function logitScaleFrom(o: { logitScale?: number; bundle?: string }): Promise<number | undefined> {
+/**
+ * logit_scale from --logit-scale, else a bundle's fromage.json: --bundle, else the configured
+ * FROMAGE_BUNDLE when it exists, so scores are FROMAGe's (exp(logit_scale) * cosine) by default.
+ */
+async function logitScaleFrom(o: { logitScale?: number; bundle?: string }, useConfigured = true): Promise<number | undefined> {
   if (o.logitScale !== undefined) return o.logitScale;
-  if (!o.bundle) return undefined;
   const { readManifest } = await import('../model/bundle.ts');
-  return (await readManifest(o.bundle)).model.logit_scale;
+  if (o.bundle) return (await readManifest(o.bundle)).model.logit_scale;
+  if (!useConfigured) return undefined;
+  const { config: loadDotenv } = await import('dotenv');
+  loadDotenv({ quiet: true });
+  const { existsSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const configured = process.env.FROMAGE_BUNDLE?.trim() || 'checkpoints/fromage-opt-6.7b';
+  if (!existsSync(join(configured, 'fromage.json'))) return undefined;
+  return (await readManifest(configured)).model.logit_scale;
 }
 
 export function registerIndexCommands(program: Command): void {
@@ -18,7 +28,7 @@ export function registerIndexCommands(program: Command): void {
     .description("import FROMAGe's cc3m_embeddings.pkl into an index directory")
     .argument('<pickle>', 'cc3m_embeddings.pkl ({paths, embeddings}: 2-D float32/float16 array or a list of 1-D arrays)')
     .requiredOption('--out <dir>', 'index directory to write')
-    .option('--bundle <dir>', "record this bundle's logit_scale (scores = exp(logit_scale) * cosine)")
+    .option('--bundle <dir>', "record this bundle's logit_scale (scores = exp(logit_scale) * cosine); default: FROMAGE_BUNDLE when it exists")
     .option('--logit-scale <x>', 'record this raw logit_scale instead', Number.parseFloat)
     .addOption(new Option('--bits <n>', 'quantized search copy: 8 (default) or 4 bits').choices(['4', '8']).default('8'))
     .option('--no-quantize', 'skip the quantized search graph (exact search only)')
@@ -114,7 +124,7 @@ export function registerIndexCommands(program: Command): void {
     .option('-k <n>', 'results per query', int, 8)
     .option('--exact', 'exact fp32 scan instead of the quantized shortlist')
     .option('--repeat <n>', 'timed repeats of each query', int, 1)
-    .option('--bundle <dir>', "score with this bundle's logit_scale (default: the index's, else cosine)")
+    .option('--bundle <dir>', "score with this bundle's logit_scale (default: the one the index recorded, else cosine)")
     .option('--logit-scale <x>', 'score with this raw logit_scale', Number.parseFloat)
     .option('--json', 'print {"results": [[{row, url, score}]], "latency_ms": {p50, p99}}')
     .action(async (o: { index: string; vector: string; k: number; exact?: boolean; repeat: number; bundle?: string; logitScale?: number; json?: boolean }) => {
@@ -125,7 +135,8 @@ export function registerIndexCommands(program: Command): void {
         k: o.k,
         exact: o.exact === true,
         repeat: o.repeat,
-        logitScale: await logitScaleFrom(o),
+        // The index's recorded logit_scale applies unless a flag overrides it.
+        logitScale: await logitScaleFrom(o, false),
       });
       process.stdout.write(`${o.json ? JSON.stringify(out) : formatSearch(out)}\n`);
     });

@@ -199,6 +199,6 @@ export async function runSetup(options: SetupOptions): Promise<SetupResult> {
   } finally {
     await release();
   }
-  if (options.showIndexHelp) print(cc3mInstructions(options.dir));
+  if (options.showIndexHelp) print(cc3mInstructions(options.dir, options.out));
   return result;
 }
