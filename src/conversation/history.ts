@@ -6,6 +6,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { settingsChangesSchema } from './settings.ts';
 import { DEFAULT_SETTINGS, type ConversationSettings } from './types.ts';
 
 export interface StoredImage {
@@ -121,7 +122,15 @@ export class SqliteHistoryStore implements HistoryStore {
   settings(conversation: string): ConversationSettings {
     const row = this.db.prepare('SELECT json FROM settings WHERE conversation = ?').get(conversation) as { json: string } | undefined;
     if (!row) return DEFAULT_SETTINGS;
-    return { ...DEFAULT_SETTINGS, ...(JSON.parse(row.json) as Partial<ConversationSettings>) };
+    // Stored by an older version or edited by hand: keep what still validates.
+    let stored: unknown;
+    try {
+      stored = JSON.parse(row.json);
+    } catch {
+      return DEFAULT_SETTINGS;
+    }
+    const parsed = settingsChangesSchema.safeParse(stored);
+    return { ...DEFAULT_SETTINGS, ...(parsed.success ? parsed.data : {}) };
   }
 
   updateSettings(conversation: string, changes: Partial<ConversationSettings>): ConversationSettings {

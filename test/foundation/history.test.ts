@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SqliteHistoryStore, type Turn } from '../../src/conversation/history.ts';
 import { DEFAULT_SETTINGS } from '../../src/conversation/types.ts';
@@ -65,6 +66,19 @@ describe('SqliteHistoryStore', () => {
     s.append('c', user('x', [img(1)]));
     expect(s.turns('c')[0].images[0].data.length).toBe(3);
     s.close();
+  });
+
+  it('ignores stored settings that no longer validate', () => {
+    const path = tempDb();
+    const a = new SqliteHistoryStore(path, { maxTurns: 10 });
+    a.updateSettings('c', { maxWords: 40 });
+    a.close();
+    const raw = new Database(path);
+    raw.prepare("UPDATE settings SET json = '{\"maxWords\": 9999}'").run();
+    raw.close();
+    const b = new SqliteHistoryStore(path, { maxTurns: 10 });
+    expect(b.settings('c')).toEqual(DEFAULT_SETTINGS);
+    b.close();
   });
 
   it('returns the reference demo defaults for settings', () => {

@@ -1,4 +1,6 @@
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -64,6 +66,24 @@ describe('shell adapter, end to end through stdin/stdout', () => {
     expect(out).toContain('/retrieve <text>');
     expect(readdirSync(imageDir).length).toBe(3);
     expect(engine.calls[1].prompt.filter((p) => p.type === 'image')).toHaveLength(1);
+  });
+
+  it('attaches an image by URL, and explains a URL that fails', async () => {
+    const png = readFileSync('test/fixtures/images/alpha.png');
+    const server = createServer((req, res) => {
+      if (req.url === '/alpha.png') res.writeHead(200, { 'content-type': 'image/png' }).end(png);
+      else res.writeHead(404).end('gone');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address() as AddressInfo;
+    try {
+      const { out, engine } = await session([`/image http://127.0.0.1:${port}/alpha.png`, 'what is it?', `/image http://127.0.0.1:${port}/missing.png`, 'and this?']);
+      expect(out).toContain('fromage> I see 1 image(s). You said: what is it?');
+      expect(engine.calls[0].prompt.filter((p) => p.type === 'image')).toHaveLength(1);
+      expect(out).toMatch(/I could not use missing.png: downloading .* failed with HTTP 404/);
+    } finally {
+      server.close();
+    }
   });
 
   it('answers bad input clearly and keeps running', async () => {
