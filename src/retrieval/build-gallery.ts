@@ -15,7 +15,8 @@ import { createProgress } from '../progress.ts';
 import { ImageFetcher, type ImageFetcherOptions } from './fetch/image-fetcher.ts';
 import { IndexError, type IndexManifest } from './format.ts';
 import { IndexWriter } from './index-writer.ts';
-import { buildSearchGraph } from './quantized-search.ts';
+import { withSearchGraph } from './quantized-search.ts';
+import { z } from 'zod';
 
 const IMAGE_EXT = new Set(['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff']);
 const SKIPPED_FILE = 'skipped.partial.txt';
@@ -104,7 +105,7 @@ export async function buildGallery(o: BuildOptions): Promise<BuildResult> {
   const statePath = path.join(o.out, BUILD_STATE_FILE);
   const buildState = { bundle_id: bundle.id, dim, images: path.resolve(o.images) };
   if (fs.existsSync(statePath)) {
-    const previous = JSON.parse(fs.readFileSync(statePath, 'utf8')) as Partial<typeof buildState>;
+    const previous = readBuildState(statePath, o.out);
     if (previous.bundle_id !== buildState.bundle_id || previous.dim !== dim || previous.images !== buildState.images)
       throw new IndexError(
         `${o.out} holds an unfinished build of ${previous.images ?? '?'} with bundle ${previous.bundle_id ?? '?'}; resume it with the same --images and --bundle, or delete ${o.out} to start over`,
@@ -178,9 +179,20 @@ export async function buildGallery(o: BuildOptions): Promise<BuildResult> {
   }
   progress.stop();
   await session.release();
-  let manifest = writer.finish();
+  const written = writer.finish();
   fs.rmSync(skippedFile, { force: true });
   fs.rmSync(statePath, { force: true });
-  if (manifest.rows >= 16 && dim % 16 === 0) manifest = await buildSearchGraph(o.out, manifest, { silent: o.silent });
+  const manifest = await withSearchGraph(o.out, written, { silent: o.silent });
   return { manifest, embedded, skipped: skipped + (done.size - resumedFrom), resumedFrom };
+}
+
+const buildStateSchema = z.object({ bundle_id: z.string(), dim: z.number(), images: z.string() }).partial();
+
+/** The resume marker of an unfinished build; a damaged one says how to start over. */
+function readBuildState(file: string, out: string): z.infer<typeof buildStateSchema> {
+  try {
+    return buildStateSchema.parse(JSON.parse(fs.readFileSync(file, 'utf8')));
+  } catch {
+    throw new IndexError(`${file} (the resume marker of an unfinished build) is damaged; delete ${out} to start over`);
+  }
 }

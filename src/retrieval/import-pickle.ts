@@ -10,7 +10,7 @@ import { iterateFloat32Rows, numpyToFloat32 } from '../convert/readers/numpy.ts'
 import { createProgress } from '../progress.ts';
 import { IndexError, type IndexManifest } from './format.ts';
 import { IndexWriter } from './index-writer.ts';
-import { buildSearchGraph } from './quantized-search.ts';
+import { withSearchGraph } from './quantized-search.ts';
 
 export interface ImportOptions {
   logitScale?: number;
@@ -89,8 +89,5 @@ export async function importPickle(file: string, outDir: string, options: Import
   } finally {
     progress.stop();
   }
-  const manifest = writer.finish();
-  // MatMulNBits needs a power-of-two block >= 16 dividing the width; narrower indexes stay exact.
-  if (options.quantize === false || dim % 16 !== 0) return manifest;
-  return buildSearchGraph(outDir, manifest, { bits: options.bits, silent: options.silent });
+  return withSearchGraph(outDir, writer.finish(), { quantize: options.quantize, bits: options.bits, silent: options.silent });
 }

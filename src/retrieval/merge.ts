@@ -9,7 +9,7 @@ import { createProgress } from '../progress.ts';
 import { IndexError, type IndexManifest } from './format.ts';
 import { readDeadMap, readManifest, RowFile, UrlTable } from './index-files.ts';
 import { IndexWriter } from './index-writer.ts';
-import { buildSearchGraph } from './quantized-search.ts';
+import { withSearchGraph } from './quantized-search.ts';
 
 const CHUNK_ROWS = 16_384;
 
@@ -61,7 +61,5 @@ export async function mergeIndexes(dirs: readonly string[], out: string, options
   } finally {
     progress.stop();
   }
-  const manifest = writer.finish();
-  if (options.quantize === false || dim % 16 !== 0 || manifest.rows === 0) return manifest;
-  return buildSearchGraph(out, manifest, { silent: options.silent });
+  return withSearchGraph(out, writer.finish(), { quantize: options.quantize, silent: options.silent });
 }

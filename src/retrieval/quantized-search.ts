@@ -33,6 +33,16 @@ function chooseBlockSize(dim: number, preferred: number): number {
 }
 
 /** Writes search.onnx (+ .data) for an index directory and records it in the manifest. */
+/**
+ * Finishes a freshly written index: adds the quantized search graph when it can help (at least
+ * 16 rows, a width MatMulNBits can block) unless `quantize` is false; narrower or tiny indexes
+ * are searched exactly.
+ */
+export async function withSearchGraph(dir: string, manifest: IndexManifest, options: QuantizeOptions & { quantize?: boolean } = {}): Promise<IndexManifest> {
+  if (options.quantize === false || manifest.rows < 16 || manifest.dim % 16 !== 0) return manifest;
+  return buildSearchGraph(dir, manifest, options);
+}
+
 export async function buildSearchGraph(dir: string, manifest: IndexManifest, options: QuantizeOptions = {}): Promise<IndexManifest> {
   const { rows, dim } = manifest;
   if (rows === 0) throw new IndexError(`${dir} has no rows to quantize`);

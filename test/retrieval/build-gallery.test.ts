@@ -7,6 +7,7 @@ import { preprocessImage } from '../../src/model/preprocess.ts';
 import { buildGallery } from '../../src/retrieval/build-gallery.ts';
 import { EmbeddingIndex } from '../../src/retrieval/embedding-index.ts';
 import { ImageFetcher } from '../../src/retrieval/fetch/image-fetcher.ts';
+import { FORMAT_VERSION } from '../../src/model/manifest.ts';
 import { FIXTURES, tmpDir } from './helpers.ts';
 import { startImageServer, type ImageServer } from './image-server.ts';
 
@@ -25,7 +26,7 @@ async function fakeBundle(dir: string): Promise<void> {
   await g.finish();
   const manifest = {
     format: 'fromage-bundle',
-    format_version: 1,
+    format_version: FORMAT_VERSION,
     id: 'fake-bundle-0001',
     created: new Date().toISOString(),
     model: { hidden_size: 64, num_layers: 2, num_heads: 4, head_dim: 16, ffn_dim: 256, vocab_size: 296, max_positions: 128, n_visual_tokens: 1, shared_emb_dim: 16, clip_hidden_size: 48, image_size: 32, logit_scale: 2.90625 },
@@ -115,6 +116,13 @@ describe('index build', () => {
       buildGallery({ bundle, images: gallery(), out, batchSize: 1, silent: true, onSkip: () => { throw new Error('interrupted'); } }),
     ).rejects.toThrow('interrupted');
     await expect(buildGallery({ bundle, images: gallery(), out, silent: true })).rejects.toThrow(/unfinished build of .* same --images and --bundle, or delete/);
+  });
+
+  it('says how to start over when the resume marker is damaged', async () => {
+    const out = dir('damaged');
+    fs.mkdirSync(out, { recursive: true });
+    fs.writeFileSync(path.join(out, 'build.partial.json'), '{"bundle_id": ');
+    await expect(buildGallery({ bundle, images: gallery(), out, silent: true })).rejects.toThrow(/build.partial.json .* is damaged; delete .* to start over/);
   });
 
   it('embeds from a urls.txt through the safe fetcher', async () => {
