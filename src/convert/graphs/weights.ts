@@ -83,7 +83,7 @@ export function transpose2d<T extends Float32Array | Uint16Array>(src: T, rows: 
   return out;
 }
 
-export function bytesOf(a: Float32Array | Uint16Array | Uint8Array): Uint8Array {
+export function bytesOf(a: Float32Array | Uint16Array | Uint8Array | Int8Array): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
