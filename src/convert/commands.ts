@@ -19,13 +19,10 @@ export function registerConvertCommands(program: Command): void {
         .choices(['0', '4'])
         .default('4'),
     )
-    .addOption(
-      new Option('--attention <impl>', 'decoder attention: mha (com.microsoft.MultiHeadAttention) or plain (standard ONNX ops)').choices(['mha', 'plain']).default('mha'),
-    )
-    .action(async (o: { opt: string; clip: string; fromage: string; out: string; weights: 'fp32' | 'fp16' | 'int8' | 'int4'; blockSize: number; accuracyLevel: '0' | '4'; attention: 'mha' | 'plain' }) => {
+    .action(async (o: { opt: string; clip: string; fromage: string; out: string; weights: 'fp32' | 'fp16' | 'int8' | 'int4'; blockSize: number; accuracyLevel: '0' | '4' }) => {
       const { convertBundle } = await import('./convert.ts');
       const started = Date.now();
-      const r = await convertBundle({ optDir: o.opt, clipDir: o.clip, fromageDir: o.fromage, outDir: o.out, weights: o.weights, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel === '4' ? 4 : 0, attention: o.attention });
+      const r = await convertBundle({ optDir: o.opt, clipDir: o.clip, fromageDir: o.fromage, outDir: o.out, weights: o.weights, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel === '4' ? 4 : 0 });
       const secs = ((Date.now() - started) / 1000).toFixed(1);
       process.stdout.write(`wrote bundle ${r.manifest.id} (${r.manifest.weights.dtype}) to ${r.outDir} in ${secs}s\n`);
     });

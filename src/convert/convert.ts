@@ -42,8 +42,6 @@ export interface ConvertOptions {
    * weights through a slow float path (30x slower decode measured) and 4-bit ~1.5x slower.
    */
   accuracyLevel?: 0 | 4;
-  /** Decoder attention implementation (see graphs/decoder.ts); default mha. */
-  attention?: 'plain' | 'mha';
 }
 
 export interface ConvertResult {
@@ -277,7 +275,7 @@ export async function convertBundle(o: ConvertOptions): Promise<ConvertResult> {
       opt,
       optCfg,
       { table, vocab: V, textFcWeight, textFcBias, sharedEmbDim: E },
-      { layers: plans.decoder, lmHead: plans.decoder, attention: o.attention ?? 'mha' },
+      { layers: plans.decoder, lmHead: plans.decoder },
     );
     const logitScale = (await fromage.f32('model.logit_scale', [], fromageWhy))[0];
 
@@ -292,7 +290,7 @@ export async function convertBundle(o: ConvertOptions): Promise<ConvertResult> {
     }
     bar.stop();
 
-    const options = { weights: o.weights, block_size: o.weights.startsWith('int') ? blockSize : undefined, accuracy_level: o.weights.startsWith('int') ? (o.accuracyLevel ?? 4) : undefined, attention: o.attention ?? 'mha' };
+    const options = { weights: o.weights, block_size: o.weights.startsWith('int') ? blockSize : undefined, accuracy_level: o.weights.startsWith('int') ? (o.accuracyLevel ?? 4) : undefined };
     const id = createHash('sha256')
       .update(JSON.stringify({ sources: hashed.map((s) => s.sha256), options, converter: CONVERTER_VERSION }))
       .digest('hex')

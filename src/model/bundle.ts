@@ -39,7 +39,9 @@ export async function readManifest(dir: string): Promise<Manifest> {
   const head = raw as { format?: unknown; format_version?: unknown };
   if (head?.format !== BUNDLE_FORMAT) throw new BundleError(`${path} is not a FROMAGe bundle manifest; ${FIX}`);
   if (head.format_version !== FORMAT_VERSION) {
-    throw new BundleError(`${path} has bundle format version ${String(head.format_version)}, this version of fromage-bot reads ${FORMAT_VERSION}: rebuild it with \`fromage convert\``);
+    throw new BundleError(
+      `${path} has bundle format version ${String(head.format_version)}, this version of fromage-bot reads ${FORMAT_VERSION} (the decoder's KV-cache contract changed): rebuild it with \`fromage convert\` (or rerun \`fromage setup\`)`,
+    );
   }
   const parsed = manifestSchema.safeParse(raw);
   if (!parsed.success) {
@@ -83,7 +85,7 @@ export function validateGraphs(m: Manifest, vision: ort.InferenceSession, embed:
   for (let i = 0; i < layers; i++) {
     for (const kv of ['key', 'value']) checkInput(decoder, 'decoder.onnx', `past_key_values.${i}.${kv}`, [null, d.num_heads, null, d.head_dim]);
   }
-  checkOutputs(decoder, 'decoder.onnx', ['logits', 'ret_embeddings', ...Array.from({ length: layers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()]);
+  checkOutputs(decoder, 'decoder.onnx', ['logits', 'ret_embeddings', ...Array.from({ length: layers }, (_, i) => [`new_key_values.${i}.key`, `new_key_values.${i}.value`]).flat()]);
 }
 
 export async function openBundle(dir: string, options: SessionOptions = {}): Promise<Bundle> {

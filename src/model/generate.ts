@@ -52,7 +52,10 @@ export async function generateTokens(graphs: FromageGraphs, prompt: AssembledPro
   const embeddings: (Float32Array | undefined)[] = [];
   const stepLogits: Float32Array[] = [];
   throwIfAborted(cb.signal);
-  let step = await graphs.decode(prompt.embeds, graphs.emptyCache(), 1);
+  const cache = graphs.emptyCache();
+  // The answer's length is bounded up front: one allocation, no growth copies mid-answer.
+  cache.preallocate(prompt.length + s.numWords);
+  let step = await graphs.decode(prompt.embeds, cache, 1);
   for (let i = 0; i < s.numWords; i++) {
     throwIfAborted(cb.signal);
     if (cb.recordLogits) stepLogits.push(step.logits);
@@ -66,7 +69,7 @@ export async function generateTokens(graphs: FromageGraphs, prompt: AssembledPro
       embeddings.push(undefined);
       break;
     }
-    step = await graphs.decode(await graphs.embedTokens([token]), step.cache, 1);
+    step = await graphs.decode(await graphs.embedTokens([token]), cache, 1);
     embeddings.push(step.retEmbeddings.slice(0, graphs.embDim));
   }
   return { ids, embeddings, stepLogits };
@@ -76,7 +79,9 @@ export async function generateTokens(graphs: FromageGraphs, prompt: AssembledPro
 export async function promptEmbeddings(graphs: FromageGraphs, prompt: AssembledPrompt, maxPositions: number, signal?: AbortSignal): Promise<Float32Array> {
   checkContext(prompt.length, 0, maxPositions);
   throwIfAborted(signal);
-  const out = await graphs.decode(prompt.embeds, graphs.emptyCache(), 1);
+  const cache = graphs.emptyCache();
+  cache.preallocate(prompt.length);
+  const out = await graphs.decode(prompt.embeds, cache, 1);
   return out.retEmbeddings;
 }
 

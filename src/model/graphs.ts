@@ -1,9 +1,16 @@
 /**
  * Typed calls into the bundle's three graphs (I/O contract: checkpoints/README.md). Batch is
- * always 1 here; the decoder's KV cache is kept as onnxruntime tensors and handed back as-is.
+ * always 1 here; the decoder's KV cache is a caller-owned KvCache that each decode call reads
+ * in place and extends with the new positions.
  */
 import * as ort from 'onnxruntime-node';
 import type { Bundle } from './bundle.ts';
+import { KvCache } from './kv-cache.ts';
+
+export { KvCache } from './kv-cache.ts';
+
+/** Positions per decoder call for long inputs (see FromageGraphs.prefillChunk). */
+export const DEFAULT_PREFILL_CHUNK = 256;
 
 export interface VisionOutput {
   /** n_visual_tokens x hidden, the captioning embeddings an image contributes to a prompt. */
@@ -12,18 +19,11 @@ export interface VisionOutput {
   readonly retEmb: Float32Array;
 }
 
-/** The decoder's cache after some positions: one key and one value tensor per layer. */
-export interface KvCache {
-  readonly length: number;
-  readonly tensors: readonly ort.Tensor[];
-}
-
 export interface DecoderOutput {
   /** keep x vocab logits for the last `keep` new positions. */
   readonly logits: Float32Array;
   /** seq x shared_emb_dim, L2-normalized [RET] embeddings of every new position. */
   readonly retEmbeddings: Float32Array;
-  readonly cache: KvCache;
 }
 
 export class FromageGraphs {
@@ -34,7 +34,18 @@ export class FromageGraphs {
   private readonly heads: number;
   private readonly headDim: number;
 
-  constructor(private readonly bundle: Bundle) {
+  /**
+   * Longer inputs are decoded in chunks of this many positions through the cache, so a long
+   * prompt's attention scores ([heads, chunk, cache + chunk] per layer) stay bounded: a
+   * 2000-token prefill of OPT-6.7B in one call needs ~7 GB of activations.
+   */
+  readonly prefillChunk: number;
+
+  constructor(
+    private readonly bundle: Bundle,
+    options: { prefillChunk?: number } = {},
+  ) {
+    this.prefillChunk = options.prefillChunk ?? DEFAULT_PREFILL_CHUNK;
     const m = bundle.manifest.model;
     this.hidden = m.hidden_size;
     this.vocab = m.vocab_size;
@@ -61,30 +72,62 @@ export class FromageGraphs {
     return copy(out.inputs_embeds);
   }
 
+  /** A new, empty cache for one generation (it grows as decode fills it). */
   emptyCache(): KvCache {
-    const t = new ort.Tensor('float32', new Float32Array(0), [1, this.heads, 0, this.headDim]);
-    return { length: 0, tensors: Array.from({ length: this.layers * 2 }, () => t) };
+    return new KvCache({ layers: this.layers, heads: this.heads, headDim: this.headDim, maxPositions: this.bundle.manifest.model.max_positions });
   }
 
-  /** Runs `embeds` (seq x hidden) at positions cache.length.. and returns the grown cache. */
+  /**
+   * Runs `embeds` (seq x hidden) at positions cache.length.. and appends their keys/values to
+   * `cache` (which must not be shared by concurrent calls). Returns the logits of the last
+   * `keep` positions and the [RET] embeddings of all of them; inputs longer than
+   * `prefillChunk` run chunk by chunk (same result up to float32 summation order).
+   */
   async decode(embeds: Float32Array, cache: KvCache, keep = 1): Promise<DecoderOutput> {
+    const H = this.hidden;
+    const seq = embeds.length / H;
+    if (seq <= this.prefillChunk) return this.decodeOnce(embeds, cache, keep);
+    const firstKept = keep <= 0 ? 0 : seq - Math.min(keep, seq);
+    const logits: Float32Array[] = [];
+    const rets: Float32Array[] = [];
+    for (let at = 0; at < seq; at += this.prefillChunk) {
+      const n = Math.min(this.prefillChunk, seq - at);
+      // The graph cannot keep 0 logits (0 means all), so chunks before the kept ones keep 1 and drop it.
+      const kept = Math.max(0, at + n - Math.max(firstKept, at));
+      const out = await this.decodeOnce(embeds.subarray(at * H, (at + n) * H), cache, Math.max(kept, 1));
+      if (kept > 0) logits.push(out.logits);
+      rets.push(out.retEmbeddings);
+    }
+    return { logits: concat(logits), retEmbeddings: concat(rets) };
+  }
+
+  private async decodeOnce(embeds: Float32Array, cache: KvCache, keep: number): Promise<DecoderOutput> {
     const seq = embeds.length / this.hidden;
-    const total = cache.length + seq;
+    // Grow before the call so the append afterwards lands in place.
+    cache.reserve(seq);
     const feeds: Record<string, ort.Tensor> = {
       inputs_embeds: new ort.Tensor('float32', embeds, [1, seq, this.hidden]),
-      attention_mask: new ort.Tensor('int64', new BigInt64Array(total).fill(1n), [1, total]),
+      attention_mask: cache.attentionMask(seq),
       position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: seq }, (_, i) => BigInt(cache.length + i)), [1, seq]),
       num_logits_to_keep: new ort.Tensor('int64', BigInt64Array.of(BigInt(keep)), []),
+      ...cache.feeds(),
     };
-    for (let i = 0; i < this.layers; i++) {
-      feeds[`past_key_values.${i}.key`] = cache.tensors[2 * i];
-      feeds[`past_key_values.${i}.value`] = cache.tensors[2 * i + 1];
-    }
     const out = await this.bundle.decoder.run(feeds);
-    const tensors: ort.Tensor[] = [];
-    for (let i = 0; i < this.layers; i++) tensors.push(out[`present.${i}.key`], out[`present.${i}.value`]);
-    return { logits: copy(out.logits), retEmbeddings: copy(out.ret_embeddings), cache: { length: total, tensors } };
+    const fresh: Float32Array[] = [];
+    for (let i = 0; i < this.layers; i++) fresh.push(out[`new_key_values.${i}.key`].data as Float32Array, out[`new_key_values.${i}.value`].data as Float32Array);
+    cache.append(fresh, seq);
+    return { logits: copy(out.logits), retEmbeddings: copy(out.ret_embeddings) };
   }
+}
+
+function concat(parts: readonly Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 function copy(t: ort.Tensor): Float32Array {

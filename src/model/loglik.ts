@@ -13,7 +13,9 @@ export async function logLikelihood(graphs: FromageGraphs, tokenizer: Tokenizer,
   checkContext(prompt.length, 0, maxPositions);
   const labels = new Int32Array(prompt.length).fill(-100);
   prompt.textPositions.forEach((pos, k) => (labels[pos] = prompt.textIds[k]));
-  const out = await graphs.decode(prompt.embeds, graphs.emptyCache(), prompt.length);
+  const cache = graphs.emptyCache();
+  cache.preallocate(prompt.length);
+  const out = await graphs.decode(prompt.embeds, cache, prompt.length);
   const V = graphs.vocab;
   let total = 0;
   let count = 0;

@@ -5,7 +5,7 @@
 import { z } from 'zod';
 
 export const BUNDLE_FORMAT = 'fromage-bundle';
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
 export const MANIFEST_FILE = 'fromage.json';
 
 export const manifestSchema = z.object({

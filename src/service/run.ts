@@ -23,8 +23,14 @@ export async function runServe(options: ServeOptions): Promise<void> {
   let stopping: Promise<void> | undefined;
   const shutdown = (why: string) => {
     stopping ??= (async () => {
+      // The engine's worker does not hold the event loop open; this does, until all is closed.
+      const keepAlive = setInterval(() => {}, 1000);
       logger.info({ why }, 'stopping');
-      await stop();
+      try {
+        await stop();
+      } finally {
+        clearInterval(keepAlive);
+      }
       process.exit(0);
     })();
     return stopping;

@@ -40,7 +40,7 @@ describe('fromage convert / fromage inspect', () => {
     expect(report).toMatch(/weights: int4, block size 16/);
     expect(report).toMatch(/fromage: 4 visual token\(s\)/);
     expect(report).toMatch(/<\|image\|> 294, \[RET\] 295, newline 202/);
-    for (const name of ['pixel_values', 'visual_embs', 'ret_embs', 'pooler_output', 'input_ids', 'inputs_embeds', 'attention_mask', 'position_ids', 'num_logits_to_keep', 'past_key_values.1.value', 'logits', 'ret_embeddings', 'present.1.key']) {
+    for (const name of ['pixel_values', 'visual_embs', 'ret_embs', 'pooler_output', 'input_ids', 'inputs_embeds', 'attention_mask', 'position_ids', 'num_logits_to_keep', 'past_key_values.1.value', 'logits', 'ret_embeddings', 'new_key_values.1.key']) {
       expect(report).toContain(`${name}: `);
     }
     expect(report).toMatch(/out visual_embs: float32 \[batch, 4, 64\]/);

@@ -9,6 +9,7 @@ import * as ort from 'onnxruntime-node';
 import { convertBundle, type ConvertOptions, type ConvertResult } from '../../src/convert/convert.ts';
 import { openCheckpoint } from '../../src/convert/readers/index.ts';
 import type { TensorSource } from '../../src/convert/tensor-source.ts';
+import { KvCache } from '../../src/model/kv-cache.ts';
 
 export const FIX = resolve('test/fixtures');
 export const OPT_DIR = join(FIX, 'facebook/opt-6.7b');
@@ -110,34 +111,39 @@ export async function openBundle(dir: string): Promise<{ vision: ort.InferenceSe
 export interface DecoderStep {
   logits: Float32Array;
   retEmbeddings: Float32Array;
-  present: ort.Tensor[];
+  /** new_key_values.{i}.key/.value in layer order: [1, heads, S, headDim] each. */
+  newKv: ort.Tensor[];
+  /** The cache after this step (the one passed in, extended), for the next call. */
+  cache: KvCache;
 }
 
-/** One decoder call: `embeds` [1, S, H] after `past` (2 per layer, or empty for prefill). */
+/**
+ * One decoder call through the runtime's KvCache: `embeds` [1, S, H] after `cache` (undefined
+ * for a prefill, fed as capacity 0). Later calls feed the cache's whole capacity, empty slots
+ * masked, as the runtime does.
+ */
 export async function runDecoder(
   decoder: ort.InferenceSession,
   embeds: Float32Array,
   hidden: number,
   layers: number,
   heads: number,
-  past: ort.Tensor[],
+  cache: KvCache | undefined,
   keep: number,
 ): Promise<DecoderStep> {
   const S = embeds.length / hidden;
-  const P = past.length ? past[0].dims[2] : 0;
-  const headDim = hidden / heads;
+  const kv = cache ?? new KvCache({ layers, heads, headDim: hidden / heads, maxPositions: 1 << 16 });
+  kv.reserve(S);
   const feeds: Record<string, ort.Tensor> = {
     inputs_embeds: f32(embeds, [1, S, hidden]),
-    attention_mask: i64(Array(P + S).fill(1), [1, P + S]),
-    position_ids: i64(Array.from({ length: S }, (_, i) => P + i), [1, S]),
+    attention_mask: kv.attentionMask(S),
+    position_ids: i64(Array.from({ length: S }, (_, i) => kv.length + i), [1, S]),
     num_logits_to_keep: i64([keep], []),
+    ...kv.feeds(),
   };
-  for (let i = 0; i < layers; i++) {
-    feeds[`past_key_values.${i}.key`] = past[2 * i] ?? f32([], [1, heads, 0, headDim]);
-    feeds[`past_key_values.${i}.value`] = past[2 * i + 1] ?? f32([], [1, heads, 0, headDim]);
-  }
   const out = await decoder.run(feeds);
-  const present: ort.Tensor[] = [];
-  for (let i = 0; i < layers; i++) present.push(out[`present.${i}.key`], out[`present.${i}.value`]);
-  return { logits: out.logits.data as Float32Array, retEmbeddings: out.ret_embeddings.data as Float32Array, present };
+  const newKv: ort.Tensor[] = [];
+  for (let i = 0; i < layers; i++) newKv.push(out[`new_key_values.${i}.key`], out[`new_key_values.${i}.value`]);
+  kv.append(newKv.map((t) => t.data as Float32Array), S);
+  return { logits: out.logits.data as Float32Array, retEmbeddings: out.ret_embeddings.data as Float32Array, newKv, cache: kv };
 }

@@ -15,14 +15,14 @@ const V = 296;
 afterAll(cleanupTemp);
 
 async function greedy(bundle: Awaited<ReturnType<typeof openBundle>>, embs: Float32Array, steps: number): Promise<{ tokens: number[]; logits: Float32Array[] }> {
-  let step = await runDecoder(bundle.decoder, embs, H, L, NH, [], 1);
+  let step = await runDecoder(bundle.decoder, embs, H, L, NH, undefined, 1);
   const tokens: number[] = [];
   const logits: Float32Array[] = [];
   for (let s = 0; s < steps; s++) {
     logits.push(step.logits);
     tokens.push(argmax(step.logits));
     const e = await bundle.embed.run({ input_ids: i64([tokens[s]], [1, 1]) });
-    step = await runDecoder(bundle.decoder, e.inputs_embeds.data as Float32Array, H, L, NH, step.present, 1);
+    step = await runDecoder(bundle.decoder, e.inputs_embeds.data as Float32Array, H, L, NH, step.cache, 1);
   }
   return { tokens, logits };
 }
@@ -51,7 +51,7 @@ describe.each(['vis1', 'vis4'] as const)('fp32 weights (variants/opt_fp32 + vari
       const emb = await bundle.embed.run({ input_ids: i64(ids, [1, ids.length]) });
       const embs = new Float32Array([...(vis.visual_embs.data as Float32Array).subarray(0, nVis * H), ...(emb.inputs_embeds.data as Float32Array)]);
       const T = embs.length / H;
-      const full = await runDecoder(bundle.decoder, embs, H, L, NH, [], T);
+      const full = await runDecoder(bundle.decoder, embs, H, L, NH, undefined, T);
       expect(maxAbsDiff(full.logits, (await ref(`variants.fp32_weights.${variant}.logits`)).data)).toBeLessThan(2e-4);
       const { tokens } = await greedy(bundle, embs, 10);
       expect(tokens).toEqual(await refInt(`variants.fp32_weights.${variant}.gen_nocache.tokens`));

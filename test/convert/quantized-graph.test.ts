@@ -75,13 +75,13 @@ describe.each([
       const f = await ort.InferenceSession.create(join(dir, 'f.onnx'), { intraOpNumThreads: 1 });
       const embs = (await ref('vis1.input_embs')).data;
       const T = embs.length / H;
-      const a = await runDecoder(q, embs, H, 2, 4, [], T);
-      const b = await runDecoder(f, embs, H, 2, 4, [], T);
+      const a = await runDecoder(q, embs, H, 2, 4, undefined, T);
+      const b = await runDecoder(f, embs, H, 2, 4, undefined, T);
       expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-3);
       expect(maxAbsDiff(a.retEmbeddings, b.retEmbeddings)).toBeLessThan(1e-4);
       const next = embs.subarray(0, H);
-      const a2 = await runDecoder(q, next, H, 2, 4, a.present, 1);
-      const b2 = await runDecoder(f, next, H, 2, 4, b.present, 1);
+      const a2 = await runDecoder(q, next, H, 2, 4, a.cache, 1);
+      const b2 = await runDecoder(f, next, H, 2, 4, b.cache, 1);
       expect(maxAbsDiff(a2.logits, b2.logits)).toBeLessThan(1e-3);
       await q.release();
       await f.release();

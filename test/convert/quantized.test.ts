@@ -38,13 +38,13 @@ interface Replay {
 /** Teacher-forced greedy replay of `tokens` after prefilling `embs`. */
 async function replay(bundle: Awaited<ReturnType<typeof openBundle>>, embs: Float32Array, tokens: number[], wantLogits: Float32Array): Promise<Replay> {
   const r: Replay = { want: [], got: [] };
-  let step = await runDecoder(bundle.decoder, embs, H, L, NH, [], 1);
+  let step = await runDecoder(bundle.decoder, embs, H, L, NH, undefined, 1);
   const steps = Math.min(tokens.length, wantLogits.length / V);
   for (let s = 0; s < steps; s++) {
     r.want.push(wantLogits.subarray(s * V, (s + 1) * V));
     r.got.push(step.logits);
     const e = await bundle.embed.run({ input_ids: i64([tokens[s]], [1, 1]) });
-    step = await runDecoder(bundle.decoder, e.inputs_embeds.data as Float32Array, H, L, NH, step.present, 1);
+    step = await runDecoder(bundle.decoder, e.inputs_embeds.data as Float32Array, H, L, NH, step.cache, 1);
   }
   return r;
 }

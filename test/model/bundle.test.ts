@@ -53,8 +53,15 @@ describe('openBundle', () => {
   });
 
   it('refuses another format version', async () => {
-    const dir = await variantOf('v2', (d) => editManifest(d, (m) => ((m as unknown as { format_version: number }).format_version = 2)));
-    expect(String(await openError(dir))).toMatch(/format version 2, this version of fromage-bot reads 1: rebuild it with `fromage convert`/);
+    const dir = await variantOf('v3', (d) => editManifest(d, (m) => ((m as unknown as { format_version: number }).format_version = 3)));
+    expect(String(await openError(dir))).toMatch(/format version 3, this version of fromage-bot reads 2 .*rebuild it with `fromage convert` \(or rerun `fromage setup`\)/);
+  });
+
+  it('refuses a version-1 bundle (present.* KV-cache contract) and says how to rebuild it', async () => {
+    const dir = await variantOf('v1', (d) => editManifest(d, (m) => ((m as unknown as { format_version: number }).format_version = 1)));
+    const err = await openError(dir);
+    expect(err).toBeInstanceOf(BundleError);
+    expect(String(err)).toMatch(/format version 1, this version of fromage-bot reads 2 \(the decoder's KV-cache contract changed\): rebuild it with `fromage convert` \(or rerun `fromage setup`\)/);
   });
 
   it('refuses a bundle whose graphs and manifest disagree', async () => {

@@ -7,10 +7,14 @@
  *   hf = final_layer_norm(h)
  *   logits = hf[:, -k:] @ table^T          (k = num_logits_to_keep; 0 = all positions)
  *   ret_embeddings = normalize(text_hidden_fcs(hf))
- * Causal + padding mask are built inside the graph from attention_mask and the past length.
+ * The cache is caller-owned and has a fixed CAPACITY C per call: past_key_values [B,h,C,d] of which
+ * only the slots the attention_mask marks are filled. Attention scores the cache and the new
+ * positions separately and joins only the scores (cachedAttention), so the big K/V tensors are
+ * never concatenated or copied; the graph returns just the new positions' keys/values.
+ * Causal + padding mask are built inside the graph from attention_mask and C.
  */
-import { attr, MS_DOMAIN, OnnxGraphWriter } from '../onnx/graph-builder.ts';
-import { attentionCore, layerNorm, linear, mergeHeads, splitHeads, type LinearOptions } from './layers.ts';
+import { attr, OnnxGraphWriter } from '../onnx/graph-builder.ts';
+import { cachedAttention, layerNorm, linear, mergeHeads, splitHeads, type LinearOptions } from './layers.ts';
 import { bytesOf, CheckpointTensors, ConvertError } from './weights.ts';
 
 export interface OptConfig {
@@ -57,8 +61,6 @@ export interface DecoderGraphOptions {
   layers: LinearOptions;
   /** The tied lm_head. */
   lmHead: LinearOptions;
-  /** 'plain': ONNX ops (Concat past, MatMul, Softmax); 'mha': com.microsoft.MultiHeadAttention. */
-  attention?: 'plain' | 'mha';
 }
 
 export interface DecoderHeads {
@@ -92,8 +94,8 @@ export async function buildDecoderGraph(path: string, opt: CheckpointTensors, cf
     const past: { key: string; value: string }[] = [];
     for (let i = 0; i < L; i++) {
       past.push({
-        key: g.input(`past_key_values.${i}.key`, 'FLOAT', ['batch', nh, 'past_seq', hd]),
-        value: g.input(`past_key_values.${i}.value`, 'FLOAT', ['batch', nh, 'past_seq', hd]),
+        key: g.input(`past_key_values.${i}.key`, 'FLOAT', ['batch', nh, 'cache_capacity', hd]),
+        value: g.input(`past_key_values.${i}.value`, 'FLOAT', ['batch', nh, 'cache_capacity', hd]),
       });
     }
 
@@ -103,14 +105,16 @@ export async function buildDecoderGraph(path: string, opt: CheckpointTensors, cf
     const posEmb = g.op('Gather', [posW, g.op('Add', [positionIds, g.constInt64([OPT_POSITION_OFFSET], [])])], { axis: attr.int(0) });
     let h = g.op('Add', [embeds, posEmb]);
 
-    // Mask bias [B, 1, S, T]: 0 where query i (absolute past+i) may see key j, else float32 min.
+    // Mask bias [B, 1, S, C+S] over [cache slots, new positions]: 0 where new position i may see
+    // key j, else float32 min. Cache slots are never in the future (j < C <= C+i); new keys
+    // are causal (j - C <= i); attention_mask masks empty slots and padding.
     const dimOf = (x: string, axis: number) => g.op('Squeeze', [g.op('Slice', [g.op('Shape', [x]), g.constInt64([axis]), g.constInt64([axis + 1])]), g.constInt64([0])]);
     const S = dimOf(embeds, 1);
-    const P = dimOf(past[0].key, 2);
+    const C = dimOf(past[0].key, 2);
     const T = dimOf(mask, 1);
     const one = g.constInt64([1], []);
     const keyIdx = g.op('Unsqueeze', [g.op('Range', [g.constInt64([0], []), T, one]), g.constInt64([0])]);
-    const queryIdx = g.op('Unsqueeze', [g.op('Range', [P, g.op('Add', [P, S]), one]), g.constInt64([1])]);
+    const queryIdx = g.op('Unsqueeze', [g.op('Range', [C, g.op('Add', [C, S]), one]), g.constInt64([1])]);
     const causal = g.op('LessOrEqual', [keyIdx, queryIdx]);
     const padding = g.op('Unsqueeze', [g.op('Cast', [mask], { to: attr.int(9) }), g.constInt64([1, 2])]);
     const allowed = g.op('And', [causal, padding]);
@@ -126,20 +130,9 @@ export async function buildDecoderGraph(path: string, opt: CheckpointTensors, cf
       const q = g.op('Mul', [await lin(x, 'self_attn.q_proj', H, H), scaling]);
       const k = await lin(x, 'self_attn.k_proj', H, H);
       const v = await lin(x, 'self_attn.v_proj', H, H);
-      let ctx: string;
-      if (o.attention === 'mha') {
-        // Fused kernel; q is pre-scaled (HF order), hence scale 1. Same additive mask bias.
-        ctx = g.ops(
-          'MultiHeadAttention',
-          [q, k, v, '', '', bias, past[i].key, past[i].value],
-          { num_heads: attr.int(nh), scale: attr.float(1) },
-          { domain: MS_DOMAIN, outputs: [undefined, `present.${i}.key`, `present.${i}.value`] },
-        )[0];
-      } else {
-        const presentK = g.op('Concat', [past[i].key, splitHeads(g, k, nh, hd)], { axis: attr.int(2) }, { outputs: [`present.${i}.key`] });
-        const presentV = g.op('Concat', [past[i].value, splitHeads(g, v, nh, hd)], { axis: attr.int(2) }, { outputs: [`present.${i}.value`] });
-        ctx = mergeHeads(g, attentionCore(g, splitHeads(g, q, nh, hd), presentK, presentV, bias), H);
-      }
+      const newK = g.op('Identity', [splitHeads(g, k, nh, hd)], {}, { outputs: [`new_key_values.${i}.key`] });
+      const newV = g.op('Identity', [splitHeads(g, v, nh, hd)], {}, { outputs: [`new_key_values.${i}.value`] });
+      const ctx = mergeHeads(g, cachedAttention(g, splitHeads(g, q, nh, hd), past[i].key, past[i].value, newK, newV, bias, C), H);
       h = g.op('Add', [h, await lin(ctx, 'self_attn.out_proj', H, H)]);
 
       x = await layerNorm(g, h, `${p}final_layer_norm`, await read(`${p}final_layer_norm.weight`, [H]), await read(`${p}final_layer_norm.bias`, [H]), LN_EPS);
@@ -160,8 +153,8 @@ export async function buildDecoderGraph(path: string, opt: CheckpointTensors, cf
     g.output('ret_embeddings', 'FLOAT', ['batch', 'seq', E], g.op('Div', [t, norm]));
 
     for (let i = 0; i < L; i++) {
-      g.output(`present.${i}.key`, 'FLOAT', ['batch', nh, 'total_seq', hd], `present.${i}.key`);
-      g.output(`present.${i}.value`, 'FLOAT', ['batch', nh, 'total_seq', hd], `present.${i}.value`);
+      g.output(`new_key_values.${i}.key`, 'FLOAT', ['batch', nh, 'seq', hd], `new_key_values.${i}.key`);
+      g.output(`new_key_values.${i}.value`, 'FLOAT', ['batch', nh, 'seq', hd], `new_key_values.${i}.value`);
     }
     await g.finish({ graph: 'decoder' });
   } catch (err) {

@@ -95,3 +95,23 @@ export function attentionCore(g: OnnxGraphWriter, q: string, k: string, v: strin
   const p = g.op('Softmax', [scores], { axis: attr.int(-1) });
   return g.op('MatMul', [p, v]);
 }
+
+/**
+ * Attention over a caller-owned cache plus the new positions, without joining the big tensors:
+ *   scores = [q kCache^T | q kNew^T] + bias      ([B,h,S,C] and [B,h,S,S] side by side)
+ *   out    = P[..., :C] vCache + P[..., C:] vNew
+ * q [B,h,S,d] (already scaled); kCache/vCache [B,h,C,d] (C may be 0); kNew/vNew [B,h,S,d];
+ * bias broadcastable to [B,h,S,C+S]; cacheLen is the scalar int64 C. Only the scores (small)
+ * are concatenated; onnxruntime fuses each Transpose into its MatMul (FusedMatMul transB), so
+ * the cache is read in place.
+ */
+export function cachedAttention(g: OnnxGraphWriter, q: string, kCache: string, vCache: string, kNew: string, vNew: string, bias: string, cacheLen: string): string {
+  const scoresOf = (k: string) => g.op('MatMul', [q, g.op('Transpose', [k], { perm: attr.ints([0, 1, 3, 2]) })]);
+  const scores = g.op('Concat', [scoresOf(kCache), scoresOf(kNew)], { axis: attr.int(-1) });
+  const p = g.op('Softmax', [g.op('Add', [scores, bias])], { axis: attr.int(-1) });
+  const c = g.op('Unsqueeze', [cacheLen, g.constInt64([0])]);
+  const lastAxis = g.constInt64([3]);
+  const pCache = g.op('Slice', [p, g.constInt64([0]), c, lastAxis]);
+  const pNew = g.op('Slice', [p, c, g.constInt64([Number.MAX_SAFE_INTEGER]), lastAxis]);
+  return g.op('Add', [g.op('MatMul', [pCache, vCache]), g.op('MatMul', [pNew, vNew])]);
+}
