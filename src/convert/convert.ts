@@ -266,7 +266,7 @@ export async function convertBundle(o: ConvertOptions): Promise<ConvertResult> {
     // Only the kept rows are copied out; the full table is garbage as soon as this returns.
     const table = (await opt.f32(`${prefix}embed_tokens.weight`, [optCfg.vocab_size, H], optCfgPath)).slice(0, V * H);
     table.set(await fromage.f32('ret_input_embeddings.weight', [1, H], fromageWhy), tok.retId * H);
-    await buildEmbedGraph(join(tmpDir, GRAPH_FILES.embed), table, V, H, o.weights !== 'fp32');
+    await buildEmbedGraph(join(tmpDir, GRAPH_FILES.embed), table, V, H, o.weights === 'fp32' ? 'fp32' : o.weights === 'fp16' ? 'fp16' : 'int8');
 
     const textFcWeight = await fromage.f32('model.text_hidden_fcs.0.0.weight', [E, H], fromageWhy);
     const textFcBias = await fromage.f32('model.text_hidden_fcs.0.0.bias', [E], fromageWhy);
