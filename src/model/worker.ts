@@ -4,10 +4,10 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { ImageInputError } from '../conversation/types.ts';
-import type { FromageResult } from './fromage.ts';
 import { openIndexBackend } from './index-backend.ts';
 import { FromageRuntime, type RuntimeItem } from './runtime.ts';
-import type { FromWorker, JobItem, JobRequest, JobResult, ToWorker, WireError, WireImage, WireSegment, WorkerInit } from './worker-protocol.ts';
+import { segments, wireImages } from './reply-segments.ts';
+import type { FromWorker, JobItem, JobRequest, JobResult, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
 
 const port = parentPort;
 if (!port) throw new Error('worker.ts must run in a worker thread');
@@ -23,28 +23,6 @@ export function toWireError(err: unknown): WireError {
 
 function items(list: readonly JobItem[]): RuntimeItem[] {
   return list.map((i) => (i.type === 'text' ? i : { type: 'image', data: Buffer.from(i.data.buffer, i.data.byteOffset, i.data.byteLength), hash: i.hash, load: i.load }));
-}
-
-function wireImages(r: FromageResult, k: number): WireImage[] {
-  const out = r.outputs.filter((o) => o.kind === 'images')[k];
-  if (!out || out.kind !== 'images') return [];
-  return out.images.flatMap((i) => (i.data ? [{ data: new Uint8Array(i.data), contentType: i.contentType ?? 'application/octet-stream', row: i.row, url: i.url, score: i.score, width: i.width, height: i.height }] : []));
-}
-
-/** Reply segments: FROMAGe's outputs without the literal ' [RET]' marker, empty text dropped. */
-function segments(r: FromageResult): WireSegment[] {
-  const out: WireSegment[] = [];
-  let k = 0;
-  for (const o of r.outputs) {
-    if (o.kind === 'text') {
-      const text = o.text.endsWith(' [RET]') ? o.text.slice(0, -' [RET]'.length) : o.text;
-      if (text.trim()) out.push({ type: 'text', text });
-    } else {
-      const images = wireImages(r, k++);
-      if (images.length > 0) out.push({ type: 'images', images });
-    }
-  }
-  return out;
 }
 
 async function main(): Promise<void> {
@@ -94,7 +72,7 @@ async function main(): Promise<void> {
         });
         // demo/app.py keeps FROMAGe's text outputs (' [RET]' suffixes included), space-joined.
         const historyText = r.outputs.flatMap((o) => (o.kind === 'text' ? [o.text] : [])).join(' ');
-        return { kind: 'chat', segments: segments(r), generatedTokens: r.generatedIdsFull.length, historyText };
+        return { kind: 'chat', segments: segments(r, runtime.hasIndex), generatedTokens: r.generatedIdsFull.length, historyText };
       }
     }
   };

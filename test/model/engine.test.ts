@@ -11,6 +11,7 @@ import { ImageInputError } from '../../src/conversation/types.ts';
 import { EngineInputError, type PromptItem } from '../../src/model/engine-api.ts';
 import { EngineWorkerError, FromageEngine } from '../../src/model/engine.ts';
 import { BundleError, CancelledError } from '../../src/model/errors.ts';
+import { NO_INDEX_NOTE } from '../../src/model/reply-segments.ts';
 import { buildFixtureIndex, convertFixtureBundle, serveFixtureImages } from './helpers.ts';
 import { FIXTURES } from './reference.ts';
 
@@ -145,5 +146,30 @@ describe('FromageEngine (worker thread, vis1 fixtures)', () => {
     const err = await FromageEngine.start({ bundleDir: join(tmp, 'nope'), indexDirs: [], fetch: false }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BundleError);
     expect((err as Error).message).toMatch(/fromage setup/);
+  });
+});
+
+describe('FromageEngine without a retrieval index', () => {
+  let engine: FromageEngine;
+  let cleanupBundle: () => Promise<void>;
+
+  beforeAll(async () => {
+    const conv = await convertFixtureBundle('vis1');
+    cleanupBundle = conv.cleanup;
+    engine = await FromageEngine.start({ bundleDir: conv.dir, indexDirs: [], fetch: false, threads: 1 });
+  });
+  afterAll(async () => {
+    await engine?.close();
+    await cleanupBundle?.();
+  });
+
+  it('says why it cannot show the image the model asked for (iv_ret_mid_answer)', async () => {
+    expect(engine.info.hasIndex).toBe(false);
+    const r = await engine.chat([await image('images/alpha.png'), { type: 'text', text: 'Q: what is this?\nA:' }], { ...greedy, maxWords: 20, retScaleFactor: 1.8, maxNumRets: 2 });
+    const texts = r.segments.map((s) => (s.type === 'text' ? s.text : '<images>'));
+    expect(texts).not.toContain('<images>');
+    expect(texts.filter((t) => t === NO_INDEX_NOTE)).toHaveLength(1);
+    expect(texts[1]).toBe(NO_INDEX_NOTE);
+    expect(r.historyText).toContain('[RET]');
   });
 });
