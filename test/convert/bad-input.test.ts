@@ -2,11 +2,14 @@
  * Conversions a user can get wrong: each fails with an error naming the file and the cause,
  * and leaves neither a bundle nor a temporary directory behind.
  */
+import { existsSync } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { convertBundle, type ConvertOptions } from '../../src/convert/convert.ts';
 import { ConvertError } from '../../src/convert/graphs/weights.ts';
+import { writeStoredZip } from '../../src/convert/readers/torch-zip-writer.ts';
+import { PickleBytes } from './readers/helpers.ts';
 import { assembleDir, cleanupTemp, CLIP_DIR, FROMAGE_VIS1, OPT_DIR, optTokenizerFiles } from './helpers.ts';
 
 afterAll(cleanupTemp);
@@ -49,6 +52,15 @@ async function expectFailure(o: Partial<ConvertOptions>, ...patterns: RegExp[]):
 }
 
 describe('convert rejects bad input cleanly', () => {
+  it('a FROMAGe checkpoint whose pickle names a forbidden global: refused, nothing executed, nothing left', async () => {
+    const evil = new PickleBytes().proto(2).global('os', 'system').str('touch /tmp/pwned-by-fromage-test').op(0x85, 0x52, 0x2e).bytes();
+    const ckpt = await tempFile('pretrained_ckpt.pth.tar', new Uint8Array());
+    await writeStoredZip(ckpt, [{ name: 'archive/data.pkl', bytes: evil }]);
+    const fromageDir = await assembleDir({ 'model_args.json': join(FROMAGE_VIS1, 'model_args.json'), 'pretrained_ckpt.pth.tar': ckpt });
+    await expectFailure({ fromageDir }, /pretrained_ckpt\.pth\.tar/, /os\.system/, /malicious/);
+    expect(existsSync('/tmp/pwned-by-fromage-test')).toBe(false);
+  });
+
   it('missing vocab.json', async () => {
     const files = optFiles();
     delete files['vocab.json'];
