@@ -91,6 +91,8 @@ describe.each([
       );
       // Quantization noise, not a broken graph: a broken one agrees at chance (1/296).
       expect(agree / total).toBeGreaterThan(dtype === 'int8' ? 0.9 : 0.25);
+      // int8's error leaves steps to check; int4's exceeds every margin of this gain-4 fixture (see docs).
+      if (dtype === 'int8') expect(checked).toBeGreaterThan(0);
       expect(poolErr).toBeLessThan(0.1);
     } finally {
       await bundle.release();
