@@ -11,6 +11,7 @@ import { ImageInputError, type ReplyImage, type Segment } from '../conversation/
 import { EngineInputError, type ChatResult, type Engine, type EngineInfo, type GenerationSettings, type PromptItem, type RunOptions } from './engine-api.ts';
 import { BundleError, CancelledError } from './errors.ts';
 import type { FromWorker, JobRequest, JobResult, WireError, WireImage, WorkerInit, WorkerInfo } from './worker-protocol.ts';
+import { Tokenizer } from './tokenizer/tokenizer.ts';
 
 export interface EngineOptions extends WorkerInit {
   /** The worker script (tests substitute one); default worker-entry.mjs next to this file. */
@@ -87,6 +88,8 @@ export class FromageEngine implements Engine {
   private constructor(
     private readonly options: EngineOptions,
     first: LiveWorker,
+    /** A main-thread copy: counting tokens must not wait behind answers in the worker's queue. */
+    private readonly tokenizer: Tokenizer,
   ) {
     this.live = first;
     this.info = FromageEngine.toInfo(first.info);
@@ -96,7 +99,8 @@ export class FromageEngine implements Engine {
 
   /** Starts the worker and waits until the bundle (and index) are loaded. */
   static async start(options: EngineOptions): Promise<FromageEngine> {
-    return new FromageEngine(options, await FromageEngine.spawn(options));
+    const worker = await FromageEngine.spawn(options);
+    return new FromageEngine(options, worker, await Tokenizer.fromFile(join(options.bundleDir, 'tokenizer.json')));
   }
 
   private static toInfo(w: WorkerInfo): EngineInfo {
@@ -190,8 +194,7 @@ export class FromageEngine implements Engine {
   }
 
   async countTokens(text: string): Promise<number> {
-    const r = await this.submit({ kind: 'countTokens', text });
-    return r.kind === 'countTokens' ? r.count : 0;
+    return this.tokenizer.encode(text, { addSpecialTokens: false }).length;
   }
 
   async chat(prompt: readonly PromptItem[], settings: GenerationSettings, options: RunOptions = {}): Promise<ChatResult> {

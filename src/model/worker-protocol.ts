@@ -38,7 +38,6 @@ export interface ChatJobSettings {
 export type JobRequest =
   | { readonly kind: 'chat'; readonly items: readonly JobItem[]; readonly settings: ChatJobSettings; readonly stream: boolean }
   | { readonly kind: 'retrieve'; readonly query: string; readonly count: number }
-  | { readonly kind: 'countTokens'; readonly text: string }
   | { readonly kind: 'logLikelihood'; readonly items: readonly JobItem[] };
 
 export interface WireImage {
@@ -56,7 +55,6 @@ export type WireSegment = { readonly type: 'text'; readonly text: string } | { r
 export type JobResult =
   | { readonly kind: 'chat'; readonly segments: readonly WireSegment[]; readonly generatedTokens: number; readonly historyText: string }
   | { readonly kind: 'retrieve'; readonly images: readonly WireImage[] }
-  | { readonly kind: 'countTokens'; readonly count: number }
   | { readonly kind: 'logLikelihood'; readonly value: number };
 
 export interface WireError {

@@ -56,8 +56,6 @@ async function main(): Promise<void> {
   const running = new Map<number, AbortController>();
   const run = async (id: number, job: JobRequest, signal: AbortSignal): Promise<JobResult> => {
     switch (job.kind) {
-      case 'countTokens':
-        return { kind: 'countTokens', count: runtime.countTokens(job.text) };
       case 'logLikelihood':
         return { kind: 'logLikelihood', value: await runtime.logLikelihood(items(job.items)) };
       case 'retrieve': {

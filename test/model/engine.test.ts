@@ -133,10 +133,11 @@ describe('FromageEngine (worker thread, vis1 fixtures)', () => {
   it('fails the job of a worker that dies, and the next job gets a fresh worker', async () => {
     const crashy = await FromageEngine.start({ bundleDir, indexDirs: [], fetch: false, threads: 1, workerEntry: new URL('./crash-worker.mjs', import.meta.url) });
     try {
-      const err = await crashy.countTokens('die now').catch((e: unknown) => e);
+      const err = await crashy.chat([{ type: 'text', text: 'die now' }], greedy).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(EngineWorkerError);
       expect((err as Error).message).toMatch(/exit code 7/);
-      expect(await crashy.countTokens('hello')).toBe(3);
+      const next = await crashy.chat([{ type: 'text', text: 'Q: hello\nA:' }], { ...greedy, maxWords: 2 });
+      expect(next.generatedTokens).toBe(2);
     } finally {
       await crashy.close();
     }
