@@ -6,7 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { Engine, PromptItem } from '../model/engine-api.ts';
+import type { Engine } from '../model/engine-api.ts';
 import { EngineInputError } from '../model/engine-api.ts';
 import type { HistoryStore, StoredImage, Turn } from '../conversation/history.ts';
 import { normalizeImage } from '../conversation/images.ts';
@@ -60,6 +60,8 @@ const reply = (kind: Reply['kind'], ...segments: Segment[]): Reply => ({ kind, s
 export function createMessageHandler(deps: HandlerDeps): MessageHandler {
   const limits = { ...DEFAULT_LIMITS, ...deps.limits };
   const { engine, history, scheduler, logger, metrics } = deps;
+  /** Resets per conversation, so an answer finishing after a reset is not written back. */
+  const resets = new Map<string, number>();
 
   async function handle(message: IncomingMessage, responder: Responder): Promise<void> {
     const conversation = conversationId(message.key);
@@ -69,6 +71,7 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
         return responder.send(reply('notice', text(HELP_TEXT)));
       case 'reset':
         history.reset(conversation);
+        resets.set(conversation, (resets.get(conversation) ?? 0) + 1);
         return responder.send(reply('notice', text('I forgot this conversation; we start afresh.')));
       case 'settings': {
         const parsed = parseSettingsChanges(message.intent.changes as Record<string, unknown>);
@@ -139,24 +142,21 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
       question = fitted;
     }
     const current: Turn = { role: 'user', text: question, images, at: message.receivedAt.getTime() };
-    let items: PromptItem[];
-    try {
-      const built = await buildPrompt(history.turns(conversation), current, budget);
-      items = built.items;
-      if (built.droppedTurns > 0) logger.debug({ conversation, dropped: built.droppedTurns }, 'older turns left out of the prompt');
-    } catch (err) {
-      if (err instanceof PromptTooLongError) return responder.send(reply('error', text(err.message)));
-      throw err;
-    }
     const started = Date.now();
-    const result = await runJob(message, conversation, responder, (signal) =>
-      engine.chat(items, settings, { signal, onText: (t) => void responder.progress({ state: 'running', text: t }).catch(() => {}) }),
-    );
+    // History is read and written inside the job: the scheduler runs one job per conversation at
+    // a time, so a message sent right after another sees the first one's question and answer.
+    const result = await runJob(message, conversation, responder, async (signal) => {
+      const epoch = resets.get(conversation) ?? 0;
+      const built = await buildPrompt(history.turns(conversation), current, budget);
+      if (built.droppedTurns > 0) logger.debug({ conversation, dropped: built.droppedTurns }, 'older turns left out of the prompt');
+      const r = await engine.chat(built.items, settings, { signal, onText: (t) => void responder.progress({ state: 'running', text: t }).catch(() => {}) });
+      const answerText = r.historyText ?? r.segments.flatMap((s) => (s.type === 'text' ? [s.text] : [])).join(' ');
+      // A reset while this answer was being written wins: the exchange is not brought back.
+      if ((resets.get(conversation) ?? 0) === epoch) history.append(conversation, current, { role: 'bot', text: answerText, images: [], at: Date.now() });
+      return r;
+    });
     if (!result) return;
     metrics?.countTokens(result.generatedTokens, (Date.now() - started) / 1000);
-    const answerText =
-      result.historyText ?? result.segments.flatMap((s) => (s.type === 'text' ? [s.text] : [])).join(' ');
-    history.append(conversation, current, { role: 'bot', text: answerText, images: [], at: Date.now() });
     const segments: Segment[] = [];
     if (notes.length) segments.push(text(`(${notes.join(' ')})`));
     segments.push(...result.segments);
@@ -181,7 +181,7 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
         await responder.send(reply(err.reason === 'busy' || err.reason === 'rate-limited' ? 'busy' : 'error', text(err.message)));
         return undefined;
       }
-      if (err instanceof EngineInputError || err instanceof ImageInputError) {
+      if (err instanceof EngineInputError || err instanceof ImageInputError || err instanceof PromptTooLongError) {
         metrics?.countError('input');
         await responder.send(reply('error', text(err.message)));
         return undefined;

@@ -42,6 +42,27 @@ describe('message handler', () => {
     expect(history.turns('shell:test:c1:-')).toHaveLength(4);
   });
 
+  it('lets a message sent right after another see its question and answer', async () => {
+    const { handler, engine } = setup({}, { delayMs: 30 });
+    const a = new RecordingResponder();
+    const b = new RecordingResponder();
+    await Promise.all([handler(message('first'), a), handler(message('second'), b)]);
+    expect(engine.calls[1].prompt.map((p) => (p.type === 'text' ? p.text : '<img>'))).toEqual([
+      'Q: first\nA:',
+      'I see 0 image(s). You said: first\n',
+      'Q: second\nA:',
+    ]);
+  });
+
+  it('does not bring back an exchange whose answer finished after a reset', async () => {
+    const { handler, history } = setup({}, { delayMs: 40 });
+    const pending = handler(message('to be forgotten'), new RecordingResponder());
+    await new Promise((r) => setTimeout(r, 10));
+    await handler(message('', { intent: { kind: 'reset' } }), new RecordingResponder());
+    await pending;
+    expect(history.turns('shell:test:c1:-')).toEqual([]);
+  });
+
   it('returns model images in order after the text', async () => {
     const { ask } = setup();
     const r = await ask('show me a dog');
