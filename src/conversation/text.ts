@@ -1,6 +1,7 @@
 /**
  * Splits text into chunks of at most `limit` characters, preferring paragraph, line and word
- * boundaries, and never leaving a ``` code fence open across chunks.
+ * boundaries, and never leaving a ``` code fence open across chunks: a chunk that ends inside a
+ * fence closes it, and the next chunk reopens it (with its language when that is short).
  */
 export function splitText(text: string, limit: number): string[] {
   if (limit < 16) throw new RangeError('limit must be at least 16');
@@ -9,6 +10,7 @@ export function splitText(text: string, limit: number): string[] {
   let reopenFence = '';
   while (rest.length > 0) {
     rest = reopenFence + rest;
+    const insideFence = reopenFence !== '';
     reopenFence = '';
     if (rest.length <= limit) {
       chunks.push(rest);
@@ -16,21 +18,23 @@ export function splitText(text: string, limit: number): string[] {
     }
     // Leave room to close an open fence.
     const room = limit - 4;
-    let cut = bestCut(rest, room);
+    const cut = bestCut(rest, room);
     let chunk = rest.slice(0, cut);
     const fences = chunk.match(/```[^\n`]*/g) ?? [];
     if (fences.length % 2 === 1) {
-      const opener = fences[fences.length - 1];
       chunk = chunk.replace(/\s+$/, '') + '\n```';
-      reopenFence = opener + '\n';
+      // Every pass must shorten the text: a long opener line is reopened without its info string.
+      const opener = fences[fences.length - 1];
+      reopenFence = `${opener.length + 1 < room / 2 ? opener : '```'}\n`;
     }
-    chunks.push(chunk.replace(/\s+$/, ''));
-    cut = skipSpace(rest, cut);
-    rest = rest.slice(cut);
+    chunks.push(insideFence || reopenFence ? chunk.replace(/\n+$/, '') : chunk.replace(/\s+$/, ''));
+    // Inside code, indentation and blank lines are content: only the separator itself goes.
+    rest = reopenFence ? rest.slice(cut).replace(/^\n/, '') : rest.slice(skipSpace(rest, cut));
   }
   return chunks.filter((c) => c.trim().length > 0);
 }
 
+/** The end of the last paragraph, line or word boundary past half of `room`, else `room`. */
 function bestCut(text: string, room: number): number {
   const window = text.slice(0, room + 1);
   for (const sep of ['\n\n', '\n', ' ']) {
