@@ -176,7 +176,14 @@ function safeName(name: string): string {
 /** A local file or an http(s) URL, read lazily and never beyond `maxBytes`. */
 export function imageInput(source: string): ImageInput {
   const isUrl = /^https?:\/\//i.test(source);
-  const name = isUrl ? basename(new URL(source).pathname) || 'image' : basename(source);
+  let name = basename(source) || 'image';
+  if (isUrl) {
+    try {
+      name = basename(new URL(source).pathname) || 'image';
+    } catch {
+      // Reported when the image is fetched, like any other unusable attachment.
+    }
+  }
   return {
     name,
     async fetch(maxBytes) {
@@ -186,16 +193,15 @@ export function imageInput(source: string): ImageInput {
 }
 
 async function readFileLimited(path: string, name: string, maxBytes: number): Promise<Buffer> {
-  let size: number;
+  let info;
   try {
-    size = (await stat(path)).size;
+    info = await stat(path);
   } catch {
     throw new ImageInputError(`there is no file at ${path}.`, 'unreachable');
   }
-  if (size > maxBytes) throw new ImageInputError(`${name} is ${mib(size)}; the limit is ${mib(maxBytes)}.`, 'too-large');
-  const chunks: Buffer[] = [];
-  for await (const chunk of createReadStream(path)) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
+  if (!info.isFile()) throw new ImageInputError(`${path} is not a regular file.`, 'unreachable');
+  if (info.size > maxBytes) throw new ImageInputError(`${name} is ${mib(info.size)}; the limit is ${mib(maxBytes)}.`, 'too-large');
+  return readLimited(createReadStream(path), name, maxBytes, `reading ${path}`);
 }
 
 async function fetchUrl(url: string, name: string, maxBytes: number): Promise<Buffer> {
@@ -208,12 +214,22 @@ async function fetchUrl(url: string, name: string, maxBytes: number): Promise<Bu
   if (!res.ok || !res.body) throw new ImageInputError(`downloading ${url} failed with HTTP ${res.status}.`, 'unreachable');
   const declared = Number(res.headers.get('content-length') ?? 0);
   if (declared > maxBytes) throw new ImageInputError(`${name} is ${mib(declared)}; the limit is ${mib(maxBytes)}.`, 'too-large');
+  return readLimited(res.body, name, maxBytes, `downloading ${url}`);
+}
+
+/** Reads a stream, counting bytes as they come: a file may grow, a server may lie about its size. */
+async function readLimited(body: AsyncIterable<Uint8Array>, name: string, maxBytes: number, what: string): Promise<Buffer> {
   const chunks: Uint8Array[] = [];
   let total = 0;
-  for await (const chunk of res.body) {
-    total += chunk.byteLength;
-    if (total > maxBytes) throw new ImageInputError(`${name} is larger than ${mib(maxBytes)}.`, 'too-large');
-    chunks.push(chunk);
+  try {
+    for await (const chunk of body) {
+      total += chunk.byteLength;
+      if (total > maxBytes) throw new ImageInputError(`${name} is larger than ${mib(maxBytes)}.`, 'too-large');
+      chunks.push(chunk);
+    }
+  } catch (err) {
+    if (err instanceof ImageInputError) throw err;
+    throw new ImageInputError(`${what} failed (${(err as Error).message}).`, 'unreachable');
   }
   return Buffer.concat(chunks);
 }

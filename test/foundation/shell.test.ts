@@ -99,6 +99,10 @@ describe('shell adapter, end to end through stdin/stdout', () => {
       `/image ${join(dir, 'corrupt.png')}`,
       'and this?',
       '/settings words=100000',
+      '/image http://[bad',
+      'broken url?',
+      `/image ${dir}`,
+      'a folder?',
       'x'.repeat(20_000),
       'still alive?',
     ]);
@@ -108,6 +112,8 @@ describe('shell adapter, end to end through stdin/stdout', () => {
     expect(out).toMatch(/I could not use missing.png: there is no file at/);
     expect(out).toMatch(/I could not use corrupt.png: .*not an image|corrupt/);
     expect(out).toMatch(/Setting words: .*128/);
+    expect(out).toMatch(/I could not use .*: could not download http:\/\/\[bad/);
+    expect(out).toMatch(/is not a regular file/);
     expect(out).toMatch(/Your message was 20000 characters; I read the first 4000/);
     expect(out).toContain('fromage> I see 0 image(s). You said: still alive?');
   });
