@@ -129,8 +129,13 @@ export class SqliteHistoryStore implements HistoryStore {
     } catch {
       return DEFAULT_SETTINGS;
     }
-    const parsed = settingsChangesSchema.safeParse(stored);
-    return { ...DEFAULT_SETTINGS, ...(parsed.success ? parsed.data : {}) };
+    const kept: Record<string, unknown> = {};
+    if (stored && typeof stored === 'object')
+      for (const [key, value] of Object.entries(stored)) {
+        const one = settingsChangesSchema.safeParse({ [key]: value });
+        if (one.success) Object.assign(kept, one.data);
+      }
+    return { ...DEFAULT_SETTINGS, ...kept };
   }
 
   updateSettings(conversation: string, changes: Partial<ConversationSettings>): ConversationSettings {

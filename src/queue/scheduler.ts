@@ -297,7 +297,7 @@ export class Scheduler {
         position++;
         if (job.lastPosition !== position) {
           job.lastPosition = position;
-          job.spec.onQueued?.(position, this.estimateSeconds(position + this.running));
+          job.spec.onQueued?.(position, this.estimateSeconds(position));
         }
       }
       if (!any) break;

@@ -54,6 +54,11 @@ export const HELP_TEXT = [
   '- help: this message.',
 ].join('\n');
 
+/** Slack has no settings command. */
+export function helpFor(platform: IncomingMessage['key']['platform']): string {
+  return platform === 'slack' ? HELP_TEXT.split('\n').filter((l) => !l.startsWith('- settings')).join('\n') : HELP_TEXT;
+}
+
 const text = (t: string): Segment => ({ type: 'text', text: t });
 const reply = (kind: Reply['kind'], ...segments: Segment[]): Reply => ({ kind, segments });
 
@@ -68,7 +73,7 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
     metrics?.countMessage(message.key.platform, message.intent.kind);
     switch (message.intent.kind) {
       case 'help':
-        return responder.send(reply('notice', text(HELP_TEXT)));
+        return responder.send(reply('notice', text(helpFor(message.key.platform))));
       case 'reset':
         history.reset(conversation);
         resets.set(conversation, (resets.get(conversation) ?? 0) + 1);

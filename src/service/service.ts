@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config.ts';
 import { SqliteHistoryStore, type HistoryStore } from '../conversation/history.ts';
-import type { Adapter } from '../conversation/types.ts';
+import type { Adapter, MessageHandler } from '../conversation/types.ts';
 import type { Engine } from '../model/engine-api.ts';
 import { Scheduler } from '../queue/scheduler.ts';
 import { createMessageHandler } from './handler.ts';
@@ -55,13 +55,20 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     limits: { maxImagesPerMessage: config.FROMAGE_MAX_IMAGES_PER_MESSAGE, maxImageBytes: config.FROMAGE_MAX_IMAGE_BYTES },
   });
   let stopping = false;
+  // Answers and "please resend" notices still being delivered when shutdown starts.
+  const deliveries = new Set<Promise<void>>();
+  const tracked: MessageHandler = (message, responder) => {
+    const delivery = handler(message, responder).finally(() => deliveries.delete(delivery));
+    deliveries.add(delivery);
+    return delivery;
+  };
   const started: Adapter[] = [];
   const stopAll = async () => {
     await Promise.allSettled(started.map((a) => a.stop()));
   };
   try {
     for (const adapter of adapters) {
-      await adapter.start(handler);
+      await adapter.start(tracked);
       started.push(adapter);
       logger.info({ platform: adapter.platform }, 'adapter started');
     }
@@ -84,7 +91,9 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
       if (stopping) return;
       stopping = true;
       logger.info('shutting down: no new requests; finishing running answers');
-      await scheduler.shutdown(options.shutdownGraceMs ?? 30_000);
+      // Below the 30 s that compose and systemd give before SIGKILL.
+      await scheduler.shutdown(options.shutdownGraceMs ?? 20_000);
+      await Promise.race([Promise.allSettled([...deliveries]), new Promise((r) => setTimeout(r, 5_000).unref())]);
       await stopAll();
       await new Promise<void>((r) => (http ? http.close(() => r()) : r()));
       history.close();

@@ -132,6 +132,13 @@ describe('message handler', () => {
     expect((await ask('', { intent: { kind: 'help' } })).text()).toMatch(/retrieve <text>/);
   });
 
+  it('offers settings in help only where the platform has the command', async () => {
+    const { helpFor } = await import('../../src/service/handler.ts');
+    expect(helpFor('discord')).toMatch(/settings/);
+    expect(helpFor('slack')).not.toMatch(/settings/);
+    expect(helpFor('slack')).toMatch(/retrieve <text>/);
+  });
+
   it('says why it cannot retrieve without an index', async () => {
     const { ask } = setup({}, { hasIndex: false });
     const r = await ask('', { intent: { kind: 'retrieve', query: 'cats' } });

@@ -74,10 +74,10 @@ describe('SqliteHistoryStore', () => {
     a.updateSettings('c', { maxWords: 40 });
     a.close();
     const raw = new Database(path);
-    raw.prepare("UPDATE settings SET json = '{\"maxWords\": 9999}'").run();
+    raw.prepare("UPDATE settings SET json = '{\"maxWords\": 9999, \"temperature\": 0.5, \"oldKnob\": 1}'").run();
     raw.close();
     const b = new SqliteHistoryStore(path, { maxTurns: 10 });
-    expect(b.settings('c')).toEqual(DEFAULT_SETTINGS);
+    expect(b.settings('c')).toEqual({ ...DEFAULT_SETTINGS, temperature: 0.5 });
     b.close();
   });
 
