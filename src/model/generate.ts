@@ -55,7 +55,7 @@ export async function generateTokens(graphs: FromageGraphs, prompt: AssembledPro
   const cache = graphs.emptyCache();
   // The answer's length is bounded up front: one allocation, no growth copies mid-answer.
   cache.preallocate(prompt.length + s.numWords);
-  let step = await graphs.decode(prompt.embeds, cache, 1);
+  let step = await graphs.decode(prompt.embeds, cache, 1, cb.signal);
   for (let i = 0; i < s.numWords; i++) {
     throwIfAborted(cb.signal);
     if (cb.recordLogits) stepLogits.push(step.logits);

@@ -6,6 +6,7 @@
 import * as ort from 'onnxruntime-node';
 import type { Bundle } from './bundle.ts';
 import { KvCache } from './kv-cache.ts';
+import { throwIfAborted } from './errors.ts';
 
 export { KvCache } from './kv-cache.ts';
 
@@ -83,7 +84,7 @@ export class FromageGraphs {
    * `keep` positions and the [RET] embeddings of all of them; inputs longer than
    * `prefillChunk` run chunk by chunk (same result up to float32 summation order).
    */
-  async decode(embeds: Float32Array, cache: KvCache, keep = 1): Promise<DecoderOutput> {
+  async decode(embeds: Float32Array, cache: KvCache, keep = 1, signal?: AbortSignal): Promise<DecoderOutput> {
     const H = this.hidden;
     const seq = embeds.length / H;
     if (seq <= this.prefillChunk) return this.decodeOnce(embeds, cache, keep);
@@ -91,6 +92,8 @@ export class FromageGraphs {
     const logits: Float32Array[] = [];
     const rets: Float32Array[] = [];
     for (let at = 0; at < seq; at += this.prefillChunk) {
+      // A long prefill is where a timeout or a shutdown would otherwise wait the longest.
+      throwIfAborted(signal);
       const n = Math.min(this.prefillChunk, seq - at);
       // The graph cannot keep 0 logits (0 means all), so chunks before the kept ones keep 1 and drop it.
       const kept = Math.max(0, at + n - Math.max(firstKept, at));
