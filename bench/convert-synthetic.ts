@@ -12,6 +12,7 @@ import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { float32ToFloat16Bits } from '../src/convert/quantize.ts';
 import { writeTorchZipCheckpoint, type TorchTensorSpec } from '../src/convert/readers/torch-zip-writer.ts';
+import { xorshift32 } from './xorshift.ts';
 
 export type SyntheticShape = 'tiny' | 'opt-1.3b' | 'opt-6.7b';
 
@@ -113,16 +114,7 @@ export function assignShards<T extends TorchTensorSpec>(specs: readonly T[], max
 const POOL_VALUES = 1 << 22;
 
 function makePool(init: Init, seed: number): Uint8Array {
-  let s = seed >>> 0 || 1;
-  const uniform = (): number => {
-    // xorshift32
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 0x100000000;
-  };
+  const uniform = xorshift32(seed);
   const [mean, std] = init === 'weight' ? [0, 0.02] : init === 'bias' ? [0, 0.01] : [1, 0.05];
   const pool = new Uint16Array(POOL_VALUES);
   for (let i = 0; i < POOL_VALUES; i++) {

@@ -17,6 +17,7 @@ import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { writeTorchZipCheckpoint, type TorchTensorSpec } from '../src/convert/readers/torch-zip-writer.ts';
 import { OPT_SHAPES, writeSyntheticOptCheckpoint, type SyntheticShape } from './convert-synthetic.ts';
+import { xorshift32 } from './xorshift.ts';
 
 const FIXTURES = resolve('test/fixtures');
 
@@ -36,16 +37,9 @@ const CLIP_SHAPES: Record<'large' | 'tiny', ClipDims> = {
 
 /** Deterministic small random float32 values (uniform +-0.02, norms around 1). */
 function randomFloats(n: number, seed: number, center = 0, spread = 0.02): Float32Array {
-  let s = seed >>> 0 || 1;
+  const uniform = xorshift32(seed);
   const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = center + spread * (2 * (s / 0x100000000) - 1);
-  }
+  for (let i = 0; i < n; i++) out[i] = center + spread * (2 * uniform() - 1);
   return out;
 }
 

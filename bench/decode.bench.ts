@@ -32,6 +32,7 @@ import { FromageGraphs } from '../src/model/graphs.ts';
 import type { AssembledPrompt } from '../src/model/prompt.ts';
 import { BYTE_TO_CHAR } from '../src/model/tokenizer/byte-level.ts';
 import { assignShards, optTensorSpecs, type OptDims } from './convert-synthetic.ts';
+import { xorshift32 } from './xorshift.ts';
 
 const FIXTURES = join(import.meta.dirname, '../test/fixtures');
 const OPT_125M: OptDims = { hidden: 768, layers: 12, heads: 12, ffn: 3072, vocab: 50272, maxPositions: 2048, maxShardBytes: 1_000_000_000 };
@@ -40,15 +41,7 @@ const CLIP_L14 = { hidden: 1024, layers: 24, heads: 16, intermediate: 4096, imag
 /** Deterministic pseudo-normal values (fp16 or fp32 bytes), generated in chunks. */
 function* randomBytes(spec: TorchTensorSpec, seed: number, std: number, mean = 0): Generator<Uint8Array> {
   const n = spec.shape.reduce((a, b) => a * b, 1);
-  let s = (seed * 2654435761) >>> 0 || 1;
-  const next = (): number => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 0x100000000;
-  };
+  const next = xorshift32(seed * 2654435761);
   const CHUNK = 1 << 20;
   for (let at = 0; at < n; at += CHUNK) {
     const m = Math.min(CHUNK, n - at);

@@ -1,6 +1,7 @@
 /** Messages between FromageEngine (main thread) and its model worker thread. */
 import type { LoadMode } from './preprocess.ts';
 import type { Device } from './session.ts';
+import type { FromageSettings } from './fromage.ts';
 
 export interface WorkerInit {
   readonly bundleDir: string;
@@ -25,15 +26,7 @@ export interface WorkerInfo {
 
 export type JobItem = { readonly type: 'text'; readonly text: string } | { readonly type: 'image'; readonly data: Uint8Array; readonly hash: string; readonly load?: LoadMode };
 
-export interface ChatJobSettings {
-  readonly numWords: number;
-  readonly retScaleFactor: number;
-  readonly maxNumRets: number;
-  readonly maxImgPerRet: number;
-  readonly temperature: number;
-  readonly topP: number;
-  readonly seed: number;
-}
+export type ChatJobSettings = Pick<FromageSettings, 'numWords' | 'retScaleFactor' | 'maxNumRets' | 'maxImgPerRet' | 'temperature' | 'topP' | 'seed'>;
 
 export type JobRequest =
   | { readonly kind: 'chat'; readonly items: readonly JobItem[]; readonly settings: ChatJobSettings; readonly stream: boolean }
