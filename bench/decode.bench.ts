@@ -33,6 +33,7 @@ import type { AssembledPrompt } from '../src/model/prompt.ts';
 import { BYTE_TO_CHAR } from '../src/model/tokenizer/byte-level.ts';
 import { assignShards, optTensorSpecs, type OptDims } from './convert-synthetic.ts';
 import { xorshift32 } from './xorshift.ts';
+import { readFileSync } from 'node:fs';
 
 const FIXTURES = join(import.meta.dirname, '../test/fixtures');
 const OPT_125M: OptDims = { hidden: 768, layers: 12, heads: 12, ffn: 3072, vocab: 50272, maxPositions: 2048, maxShardBytes: 1_000_000_000 };
@@ -200,6 +201,9 @@ async function benchBundle(dir: string, contexts: number[], tokens: number, thre
     process.stdout.write(`${String(ctx).padStart(7)} | ${(ctx / (prefillMs / 1000)).toFixed(1).padStart(13)} | ${median.toFixed(1).padStart(24)} | ${(1000 / median).toFixed(2)}\n`);
   }
   process.stdout.write(`peak RSS ${(process.resourceUsage().maxRSS / 2 ** 20).toFixed(2)} GiB, threads ${threads ?? 'default'}\n`);
+  const now = residentBreakdown();
+  // File-backed pages are the mapped weight files: the kernel can drop them under pressure.
+  if (now) process.stdout.write(`resident now: ${now.anon.toFixed(2)} GiB private (anonymous) + ${now.file.toFixed(2)} GiB file-backed\n`);
   await bundle.release();
 }
 
@@ -281,3 +285,17 @@ async function main(): Promise<void> {
 }
 
 await main();
+
+/** Linux: resident memory split into private (anonymous) and file-backed pages, in GiB. */
+function residentBreakdown(): { anon: number; file: number } | undefined {
+  try {
+    const status = readFileSync('/proc/self/status', 'utf8');
+    const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+    const anon = kib('RssAnon');
+    const file = kib('RssFile');
+    return Number.isFinite(anon) && Number.isFinite(file) ? { anon: anon / 2 ** 20, file: file / 2 ** 20 } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
