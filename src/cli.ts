@@ -20,7 +20,12 @@ export function buildProgram(): Command {
   registerConvertCommands(program);
   registerModelCommands(program);
   registerIndexCommands(program);
-  registerDiscordCommands(program);
+  registerDiscordCommands(program, async () => {
+    const { config: loadDotenv } = await import('dotenv');
+    loadDotenv({ quiet: true });
+    const { loadConfig } = await import('./config.ts');
+    return loadConfig(process.env);
+  });
   return program;
 }
 

@@ -2,7 +2,7 @@
  * Who may talk to the bot: optional allow-lists of guilds, channels and roles, and DMs on/off.
  * Empty lists allow everything, so an unconfigured bot answers everywhere it is invited.
  */
-import type { Config } from '../../src/config.ts';
+import type { DiscordConfig } from './config.ts';
 
 export interface AccessRules {
   readonly guilds: ReadonlySet<string>;
@@ -21,7 +21,7 @@ export interface Place {
   readonly roleIds: readonly string[];
 }
 
-export function accessRulesFromConfig(config: Config): AccessRules {
+export function accessRulesFromConfig(config: DiscordConfig): AccessRules {
   return {
     guilds: new Set(config.DISCORD_GUILD_ALLOW),
     channels: new Set(config.DISCORD_CHANNEL_ALLOW),

@@ -3,19 +3,18 @@
  * self-hoster runs once. Heavy imports stay inside the actions so `fromage --help` stays fast.
  */
 import type { Command } from 'commander';
+import { UserFacingError } from '../../src/conversation/errors.ts';
+import type { DiscordConfig } from './config.ts';
 
 function userFacing(message: string): Error {
-  return Object.assign(new Error(message), { userFacing: true });
+  return new UserFacingError(message);
 }
 
-async function loadEnvConfig() {
-  const { config: loadDotenv } = await import('dotenv');
-  loadDotenv({ quiet: true });
-  const { loadConfig } = await import('../../src/config.ts');
-  return loadConfig(process.env);
-}
-
-export function registerDiscordCommands(program: Command): void {
+/**
+ * `loadEnvConfig` reads and validates the environment (the CLI passes the service's loader), so
+ * this folder needs nothing from the service.
+ */
+export function registerDiscordCommands(program: Command, loadEnvConfig: () => Promise<DiscordConfig>): void {
   const discord = program.command('discord').description('Discord setup: the invite link and the /fromage command');
 
   discord

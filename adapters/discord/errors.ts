@@ -3,7 +3,7 @@
  * channel deleted mid-job, a missing permission): classified, logged once, never thrown on.
  */
 import { DiscordAPIError } from 'discord.js';
-import type { Logger } from '../../src/log.ts';
+import type { AdapterLogger } from '../../src/conversation/logger.ts';
 
 export type DiscordFailure =
   | 'expired-interaction'
@@ -46,7 +46,7 @@ export class ErrorReporter {
   private readonly seen = new Set<string>();
 
   constructor(
-    private readonly logger: Logger,
+    private readonly logger: AdapterLogger,
     private readonly capacity = 1000,
   ) {}
 

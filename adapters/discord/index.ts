@@ -15,8 +15,8 @@ import {
   type Interaction,
   type Message,
 } from 'discord.js';
-import type { Config } from '../../src/config.ts';
-import type { Logger } from '../../src/log.ts';
+import type { DiscordConfig } from './config.ts';
+import type { AdapterLogger } from '../../src/conversation/logger.ts';
 import type { Adapter, ImageInput, IncomingMessage, MessageHandler } from '../../src/conversation/types.ts';
 import { accessRulesFromConfig, isAllowed, type AccessRules } from './access.ts';
 import { parseApiBase } from './api-base.ts';
@@ -62,7 +62,7 @@ function userFacing(message: string): Error {
   return new UserFacingError(message);
 }
 
-export function createDiscordAdapter(config: Config, logger: Logger, options: DiscordAdapterOptions = {}): Adapter {
+export function createDiscordAdapter(config: DiscordConfig, logger: AdapterLogger, options: DiscordAdapterOptions = {}): Adapter {
   if (!config.DISCORD_TOKEN) throw userFacing('DISCORD_TOKEN is not set: copy the bot token from the Discord developer portal (Bot > Reset Token) into .env');
   return new DiscordAdapter(config, config.DISCORD_TOKEN, logger.child({ adapter: 'discord' }), options);
 }
@@ -76,9 +76,9 @@ class DiscordAdapter implements Adapter {
   private readonly limits: ImageLimits;
 
   constructor(
-    private readonly config: Config,
+    private readonly config: DiscordConfig,
     private readonly token: string,
-    private readonly logger: Logger,
+    private readonly logger: AdapterLogger,
     private readonly options: DiscordAdapterOptions,
   ) {
     this.rules = accessRulesFromConfig(config);

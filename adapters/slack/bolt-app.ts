@@ -5,8 +5,8 @@
  */
 import { inspect } from 'node:util';
 import { App, HTTPReceiver, LogLevel, SocketModeReceiver, type Logger as BoltLogger } from '@slack/bolt';
-import type { Config } from '../../src/config.ts';
-import type { Logger } from '../../src/log.ts';
+import type { SlackConfig } from './config.ts';
+import type { AdapterLogger } from '../../src/conversation/logger.ts';
 import type { WebClientOptions } from './web-api.ts';
 import { UserFacingError } from '../../src/conversation/errors.ts';
 
@@ -17,7 +17,7 @@ export type SlackMode =
   | { readonly kind: 'http'; readonly signingSecret: string; readonly port: number; readonly host?: string };
 
 /** Socket Mode whenever an app token is set; HTTP mode needs the signing secret and a port. */
-export function slackMode(config: Config): SlackMode {
+export function slackMode(config: SlackConfig): SlackMode {
   if (config.SLACK_APP_TOKEN) return { kind: 'socket', appToken: config.SLACK_APP_TOKEN };
   if (config.SLACK_SIGNING_SECRET && config.SLACK_PORT !== undefined)
     return { kind: 'http', signingSecret: config.SLACK_SIGNING_SECRET, port: config.SLACK_PORT };
@@ -31,7 +31,7 @@ function describe(parts: unknown[]): string {
 }
 
 /** Bolt logs through our pino logger, so its lines get the same secret redaction. */
-export function boltLogger(logger: Logger): BoltLogger {
+export function boltLogger(logger: AdapterLogger): BoltLogger {
   let level = LogLevel.INFO;
   return {
     debug: (...msg: unknown[]) => logger.debug(describe(msg)),
@@ -52,7 +52,7 @@ export interface BoltAppOptions {
   readonly botUserId?: string;
   readonly mode: SlackMode;
   readonly clientOptions: WebClientOptions;
-  readonly logger: Logger;
+  readonly logger: AdapterLogger;
 }
 
 export function createBoltApp(options: BoltAppOptions): App {

@@ -4,8 +4,8 @@
  */
 import type { AddressInfo } from 'node:net';
 import type { App } from '@slack/bolt';
-import type { Config } from '../../src/config.ts';
-import type { Logger } from '../../src/log.ts';
+import type { SlackConfig } from './config.ts';
+import type { AdapterLogger } from '../../src/conversation/logger.ts';
 import type { Adapter, IncomingMessage, MessageHandler, Responder } from '../../src/conversation/types.ts';
 import { boltLogger, createBoltApp, slackMode } from './bolt-app.ts';
 import { RecentKeys } from './dedupe.ts';
@@ -34,7 +34,7 @@ export interface SlackAdapter extends Adapter {
   idle(): Promise<void>;
 }
 
-export function createSlackAdapter(config: Config, logger: Logger, options: SlackAdapterOptions = {}): SlackAdapter {
+export function createSlackAdapter(config: SlackConfig, logger: AdapterLogger, options: SlackAdapterOptions = {}): SlackAdapter {
   return new BoltSlackAdapter(config, logger.child({ adapter: 'slack' }), options);
 }
 
@@ -57,8 +57,8 @@ class BoltSlackAdapter implements SlackAdapter {
   private readonly inFlight = new Set<Promise<void>>();
 
   constructor(
-    private readonly config: Config,
-    private readonly log: Logger,
+    private readonly config: SlackConfig,
+    private readonly log: AdapterLogger,
     private readonly options: SlackAdapterOptions,
   ) {}
 

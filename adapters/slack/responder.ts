@@ -4,7 +4,7 @@
  * message, if one was posted, becomes the first text message (or is deleted when the reply
  * starts with images), so the answer appears where the user saw "working on it".
  */
-import type { Logger } from '../../src/log.ts';
+import type { AdapterLogger } from '../../src/conversation/logger.ts';
 import type { Progress, Reply, ReplyImage, Responder } from '../../src/conversation/types.ts';
 import { escapeMrkdwn, renderTextMessages } from './mrkdwn.ts';
 import { StatusMessage, STATUS_UPDATE_INTERVAL_MS } from './status-message.ts';
@@ -14,7 +14,7 @@ import { slackErrorCode, type Destination, type SlackApi } from './web-api.ts';
 export type Ephemeral = (text: string) => Promise<void>;
 
 export interface ResponderOptions {
-  readonly logger: Logger;
+  readonly logger: AdapterLogger;
   /** Set for slash commands: notices and errors go privately to the user who asked. */
   readonly ephemeral?: Ephemeral;
   /** Raw mrkdwn put before the first public message (who asked what, for slash commands). */

@@ -10,6 +10,7 @@ import { createLogger } from '../../src/log.ts';
 import type { RecordedRequest } from './fake-discord/server.ts';
 import { ALICE, APP_ID, BOT_USER, interactionPayload, messagePayload } from './fake-discord/payloads.ts';
 import { CHANNEL_IDS, GUILD, SETTINGS_ROLE, THREAD, captureLogs, createFake, startHarness, testConfig, type Harness } from './harness.ts';
+import { loadConfig } from '../../src/config.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -131,7 +132,7 @@ describe('fromage discord', () => {
       return true;
     });
     const program = new Command('fromage').exitOverride();
-    registerDiscordCommands(program);
+    registerDiscordCommands(program, async () => loadConfig(process.env));
     await program.parseAsync(['node', 'fromage', ...args]);
     return out.join('');
   }
