@@ -1,4 +1,5 @@
 /** Errors of the model runtime whose message is the whole story for the user. */
+import { UserFacingError } from '../conversation/errors.ts';
 
 /** The bundle is missing, incomplete or does not match this runtime. */
 export class BundleError extends Error {
@@ -22,13 +23,8 @@ export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new CancelledError();
 }
 
-/**
- * A user-caused failure in a model command; src/cli.ts prints `userFacing` errors without a
- * stack. (Its own UserError cannot be imported from lazily loaded command code: cli.ts is still
- * evaluating its top-level await then, and the import would never settle.)
- */
-export class ModelUserError extends Error {
-  readonly userFacing = true;
+/** A user-caused failure in a model command: src/cli.ts prints it without a stack. */
+export class ModelUserError extends UserFacingError {
   constructor(message: string, readonly exitCode = 1) {
     super(message);
     this.name = 'ModelUserError';
