@@ -3,6 +3,7 @@
  * names the variable and how to fix it.
  */
 import { z } from 'zod';
+import { UserFacingError } from './conversation/errors.ts';
 
 const bool = z
   .enum(['1', '0', 'true', 'false', 'yes', 'no', 'on', 'off'])
@@ -70,11 +71,9 @@ const HINTS: Partial<Record<keyof Config, string>> = {
   HF_ENDPOINT: 'leave it unset for huggingface.co, or give a full http(s) URL of a mirror',
 };
 
-export class ConfigError extends Error {
-  readonly userFacing = true;
+export class ConfigError extends UserFacingError {
   constructor(readonly problems: string[]) {
     super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}\nFix these in .env or the environment (see .env.example).`);
-    this.name = 'ConfigError';
   }
 }
 

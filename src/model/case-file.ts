@@ -5,6 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
+import { UserFacingError } from '../conversation/errors.ts';
 
 const promptItem = z.union([
   z.object({ image: z.string().min(1), load: z.enum(['convert_rgb', 'demo_upload']).optional() }).strict(),
@@ -30,13 +31,7 @@ export const caseSchema = z
 
 export type CaseFile = z.infer<typeof caseSchema>;
 
-export class CaseFileError extends Error {
-  readonly userFacing = true;
-  constructor(message: string) {
-    super(message);
-    this.name = 'CaseFileError';
-  }
-}
+export class CaseFileError extends UserFacingError {}
 
 function fieldPath(path: readonly PropertyKey[]): string {
   return path.reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), '') || '(root)';

@@ -2,14 +2,7 @@
 import { UserFacingError } from '../conversation/errors.ts';
 
 /** The bundle is missing, incomplete or does not match this runtime. */
-export class BundleError extends Error {
-  /** The CLI prints the message without a stack trace. */
-  readonly userFacing = true;
-  constructor(message: string) {
-    super(message);
-    this.name = 'BundleError';
-  }
-}
+export class BundleError extends UserFacingError {}
 
 /** The job was cancelled through its AbortSignal. */
 export class CancelledError extends Error {
@@ -27,6 +20,5 @@ export function throwIfAborted(signal: AbortSignal | undefined): void {
 export class ModelUserError extends UserFacingError {
   constructor(message: string, readonly exitCode = 1) {
     super(message);
-    this.name = 'ModelUserError';
   }
 }

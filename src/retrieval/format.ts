@@ -4,6 +4,7 @@
  * an index can be inspected, merged and pruned without special tools.
  */
 import { z } from 'zod';
+import { UserFacingError } from '../conversation/errors.ts';
 
 export const INDEX_FORMAT = 'fromage-index';
 export const INDEX_FORMAT_VERSION = 1;
@@ -41,10 +42,4 @@ export const indexManifestSchema = z.object({
 export type IndexManifest = z.infer<typeof indexManifestSchema>;
 
 /** An error the user can fix (bad path, bad file); the CLI prints only the message. */
-export class IndexError extends Error {
-  readonly userFacing = true;
-  constructor(message: string) {
-    super(message);
-    this.name = 'IndexError';
-  }
-}
+export class IndexError extends UserFacingError {}

@@ -8,9 +8,9 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.ts';
 import type { Engine } from '../model/engine-api.ts';
 import { MANIFEST_FILE } from '../model/manifest.ts';
+import { UserFacingError } from '../conversation/errors.ts';
 
-export class BundleMissingError extends Error {
-  readonly userFacing = true;
+export class BundleMissingError extends UserFacingError {
   constructor(dir: string) {
     super(
       [
@@ -20,7 +20,6 @@ export class BundleMissingError extends Error {
         'or point FROMAGE_BUNDLE in .env at an existing bundle (see checkpoints/README.md).',
       ].join('\n'),
     );
-    this.name = 'BundleMissingError';
   }
 }
 

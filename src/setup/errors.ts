@@ -1,9 +1,4 @@
-/** A setup failure whose message names the cause and the fix; printed without a stack. */
-export class SetupError extends Error {
-  readonly userFacing = true;
+import { UserFacingError } from '../conversation/errors.ts';
 
-  constructor(message: string) {
-    super(message);
-    this.name = 'SetupError';
-  }
-}
+/** A setup failure whose message names the cause and the fix; printed without a stack. */
+export class SetupError extends UserFacingError {}

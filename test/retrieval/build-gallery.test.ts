@@ -8,7 +8,7 @@ import { buildGallery } from '../../src/retrieval/build-gallery.ts';
 import { EmbeddingIndex } from '../../src/retrieval/embedding-index.ts';
 import { ImageFetcher } from '../../src/retrieval/fetch/image-fetcher.ts';
 import { FORMAT_VERSION } from '../../src/model/manifest.ts';
-import { FIXTURES, tmpDir } from './helpers.ts';
+import { FIXTURES, tempDirs } from './helpers.ts';
 import { startImageServer, type ImageServer } from './image-server.ts';
 
 const PRE = { size: 32, crop_size: 32, resample: 'bicubic', rescale_factor: 1 / 255, image_mean: [0.48145466, 0.4578275, 0.40821073], image_std: [0.26862954, 0.26130258, 0.27577711] };
@@ -42,12 +42,7 @@ async function fakeBundle(dir: string): Promise<void> {
 
 let server: ImageServer;
 let bundle: string;
-const made: string[] = [];
-const dir = (p: string) => {
-  const d = tmpDir(p);
-  made.push(d);
-  return d;
-};
+const { dir, cleanup } = tempDirs();
 beforeAll(async () => {
   server = await startImageServer();
   bundle = dir('bundle');
@@ -55,7 +50,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await server.close();
-  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
+  cleanup();
 });
 
 function gallery(): string {

@@ -49,6 +49,21 @@ export function tmpDir(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `fromage-${prefix}-`));
 }
 
+/** Temp dirs a test file makes, removed together by `cleanup` (call it in afterAll). */
+export function tempDirs(): { dir: (prefix: string) => string; cleanup: () => void } {
+  const made: string[] = [];
+  return {
+    dir: (prefix) => {
+      const d = tmpDir(prefix);
+      made.push(d);
+      return d;
+    },
+    cleanup: () => {
+      for (const d of made.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+    },
+  };
+}
+
 /** An index written straight from the reference's raw embedding matrix (no pickle reader). */
 export function writeReferenceIndex(dir: string, variant: 'vis1' | 'vis4' = 'vis1', port?: number): void {
   const emb = refTensor(`index.${variant}.embeddings`);

@@ -6,22 +6,17 @@ import { IndexWriter } from '../../src/retrieval/index-writer.ts';
 import { mergeIndexes } from '../../src/retrieval/merge.ts';
 import { pruneIndex } from '../../src/retrieval/prune.ts';
 import { runSearch } from '../../src/retrieval/search-cli.ts';
-import { refCase, refTensor, tmpDir, writeReferenceIndex } from './helpers.ts';
+import { refCase, refTensor, tempDirs, writeReferenceIndex } from './helpers.ts';
 import { startImageServer, type ImageServer } from './image-server.ts';
 
 let server: ImageServer;
-const made: string[] = [];
-const dir = (p: string) => {
-  const d = tmpDir(p);
-  made.push(d);
-  return d;
-};
+const { dir, cleanup } = tempDirs();
 beforeAll(async () => {
   server = await startImageServer();
 });
 afterAll(async () => {
   await server.close();
-  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
+  cleanup();
 });
 
 function smallIndex(urls: string[]): string {

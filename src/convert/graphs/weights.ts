@@ -5,15 +5,10 @@
 import { float32ArrayToFloat16 } from '../quantize.ts';
 import { DTYPE_BYTES } from '../readers/dtype.ts';
 import type { TensorSource } from '../tensor-source.ts';
+import { UserFacingError } from '../../conversation/errors.ts';
 
 /** A conversion failure the user can fix (bad input files); the CLI prints the message only. */
-export class ConvertError extends Error {
-  readonly userFacing = true;
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConvertError';
-  }
-}
+export class ConvertError extends UserFacingError {}
 
 export type WeightDType = 'fp32' | 'fp16' | 'int8' | 'int4';
 

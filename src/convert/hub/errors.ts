@@ -1,17 +1,16 @@
+import { UserFacingError } from '../../conversation/errors.ts';
+
 /**
  * Hub failures a user can cause or fix (wrong endpoint, missing token, gated repo, a mirror
  * serving the wrong bytes). `userFacing` makes the CLI print the message without a stack.
  */
-export class HubError extends Error {
-  readonly userFacing = true;
-
+export class HubError extends UserFacingError {
   constructor(
     message: string,
     /** HTTP status when the hub answered, for callers that branch on it (retries). */
     readonly status?: number,
   ) {
     super(message);
-    this.name = 'HubError';
   }
 
   /** 5xx and 429 may succeed on a later try; 4xx will not. */
@@ -21,9 +20,7 @@ export class HubError extends Error {
 }
 
 /** A downloaded file whose digest differs from the hub's metadata. Never retried silently. */
-export class ChecksumError extends Error {
-  readonly userFacing = true;
-
+export class ChecksumError extends UserFacingError {
   constructor(
     readonly file: string,
     readonly algorithm: string,
@@ -35,6 +32,5 @@ export class ChecksumError extends Error {
         'nothing was converted. Run `fromage setup` again to re-download it; if it fails again, the server at ' +
         'HF_ENDPOINT is serving different bytes than its own metadata says (check the mirror, or unset HF_ENDPOINT).',
     );
-    this.name = 'ChecksumError';
   }
 }
