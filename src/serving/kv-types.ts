@@ -1,0 +1,73 @@
+/**
+ * The seam between kept caches (prefix-store.ts, kv-spill.ts) and the live caches that decode
+ * (the single-sequence KvCache in src/model, and the batched rows of slot-pool.ts). Both sides
+ * see a cache as 2 x layers tensors (key then value per layer), each laid out per head as
+ * `length x headDim` float32 values, so neither needs the other's memory layout.
+ */
+
+/**
+ * What one prompt position holds: a token id (a number) or, for the k-th visual position of
+ * an image, `img:<sha256>:<k>`. Two sequences may share KV up to their first differing key,
+ * and only from position 0 (OPT's positions are absolute).
+ */
+export type PositionKey = number | string;
+
+export interface KvShape {
+  readonly layers: number;
+  readonly heads: number;
+  readonly headDim: number;
+}
+
+/** Read access to positions [0, length) of a live cache. */
+export interface KvReader {
+  readonly shape: KvShape;
+  readonly length: number;
+  /**
+   * Positions [from, to) of tensor `j` (2 * layer + 0 for the key, + 1 for the value), head
+   * `h`: (to - from) x headDim values. May be a view into the cache: copy before keeping it.
+   */
+  read(j: number, h: number, from: number, to: number): Float32Array;
+}
+
+/** Write access to a live cache that is being filled from a kept prefix. */
+export interface KvWriter {
+  readonly shape: KvShape;
+  /** Writes (values.length / headDim) positions of tensor `j`, head `h`, starting at position `at`. */
+  write(j: number, h: number, at: number, values: Float32Array): void;
+}
+
+/** The longest kept prefix found for a prompt. */
+export interface PrefixMatch {
+  /** Positions reused: keys[0, length) are identical to the kept entry's. */
+  readonly length: number;
+  /** Copies positions [0, length) into `into` (which must hold them); then the match may be dropped. */
+  copyInto(into: KvWriter): Promise<void>;
+}
+
+export interface KvStoreStats {
+  readonly entries: number;
+  readonly bytes: number;
+  readonly budgetBytes: number;
+  readonly reusedPositions: number;
+  readonly prefilledPositions: number;
+  readonly evictions: number;
+  readonly spillWrites: number;
+  readonly spillReads: number;
+}
+
+/** Kept caches of recent sequences, keyed by what their positions hold (never by conversation). */
+export interface KvStore {
+  /**
+   * The longest kept prefix of `keys`, at most `maxLength` positions (the caller passes
+   * keys.length - 1 so that at least one position is decoded for logits). Looks in memory,
+   * then in the disk spill. undefined: nothing useful (prefill everything).
+   */
+  match(keys: readonly PositionKey[], maxLength: number): Promise<PrefixMatch | undefined>;
+  /** Keeps `from`'s positions [0, keys.length) under `keys` (copied); an entry that is a prefix of it is replaced. */
+  insert(keys: readonly PositionKey[], from: KvReader): Promise<void>;
+  /** Counts positions that were prefilled rather than reused (for the metrics). */
+  notePrefilled(positions: number): void;
+  stats(): KvStoreStats;
+  /** Writes what the spill should keep (on shutdown) and releases memory. */
+  close(): Promise<void>;
+}
