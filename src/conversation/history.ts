@@ -30,6 +30,13 @@ export interface HistoryStore {
   turns(conversation: string): Turn[];
   append(conversation: string, ...turns: Turn[]): void;
   reset(conversation: string): void;
+  /**
+   * Drops the last exchange: the last user turn and every turn after it (the demo's "Undo").
+   * With `userTurnAt`, only when the last user turn was written at that time, so an undo never
+   * removes an older exchange when the newest one was not saved (an error, a reset).
+   * Returns the number of turns removed.
+   */
+  dropLastExchange(conversation: string, userTurnAt?: number): number;
   settings(conversation: string): ConversationSettings;
   updateSettings(conversation: string, changes: Partial<ConversationSettings>): ConversationSettings;
   close(): void;
@@ -116,6 +123,18 @@ export class SqliteHistoryStore implements HistoryStore {
     this.db.transaction(() => {
       this.db.prepare('DELETE FROM turns WHERE conversation = ?').run(conversation);
       this.collectImages();
+    })();
+  }
+
+  dropLastExchange(conversation: string, userTurnAt?: number): number {
+    return this.db.transaction(() => {
+      const last = this.db
+        .prepare("SELECT id, at FROM turns WHERE conversation = ? AND role = 'user' ORDER BY id DESC LIMIT 1")
+        .get(conversation) as { id: number; at: number } | undefined;
+      if (!last || (userTurnAt !== undefined && last.at !== userTurnAt)) return 0;
+      const { changes } = this.db.prepare('DELETE FROM turns WHERE conversation = ? AND id >= ?').run(conversation, last.id);
+      this.collectImages();
+      return changes;
     })();
   }
 

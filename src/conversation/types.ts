@@ -4,7 +4,7 @@
  * about Discord, Slack or the model.
  */
 
-export type Platform = 'discord' | 'slack' | 'shell';
+export type Platform = 'discord' | 'slack' | 'shell' | 'web';
 
 /**
  * Where a dialogue lives. Discord: guild + channel (+ thread); Slack: team + channel + thread_ts;
