@@ -9,6 +9,7 @@ import type { Config } from '../config.ts';
 import type { Engine } from '../model/engine-api.ts';
 import { MANIFEST_FILE } from '../model/manifest.ts';
 import { UserFacingError } from '../conversation/errors.ts';
+import { describeThreads, resolveThreads } from '../model/threads.ts';
 
 export class BundleMissingError extends UserFacingError {
   constructor(dir: string) {
@@ -34,6 +35,7 @@ export async function openConfiguredEngine(config: Config, logger: Logger, optio
     if (outcome !== 'ready' || !bundleExists(config.FROMAGE_BUNDLE)) throw new BundleMissingError(config.FROMAGE_BUNDLE);
   }
   const { openEngine } = await import('../model/engine.ts');
+  logger.info(describeThreads(resolveThreads(config.FROMAGE_THREADS)));
   return openEngine({
     bundleDir: config.FROMAGE_BUNDLE,
     indexDirs: config.FROMAGE_INDEX,
