@@ -40,8 +40,10 @@ export type Intent =
   | { readonly kind: 'chat' }
   | { readonly kind: 'retrieve'; readonly query: string; readonly count?: number }
   | { readonly kind: 'reset' }
-  | { readonly kind: 'settings'; readonly changes: Partial<ConversationSettings> }
-  | { readonly kind: 'help' };
+  | { readonly kind: 'settings'; readonly changes: Partial<ConversationSettings>; readonly reset?: boolean }
+  | { readonly kind: 'help' }
+  /** Sent by an adapter when a person (re)opens a conversation: says whether earlier messages are still remembered (nothing for a new one). */
+  | { readonly kind: 'welcome' };
 
 export interface IncomingMessage {
   readonly key: ConversationKey;

@@ -3,9 +3,12 @@
  * which job goes next:
  * - one job in flight per conversation, in arrival order (answers never overtake each other);
  * - round-robin across users, so one user's burst cannot starve the others;
+ * - a conversation's place can be reserved when a message arrives, before its slow preparation
+ *   (image download, normalization, token counting), so a later quick message cannot overtake it;
  * - a per-user token bucket and a bounded queue: refusals say when to retry, nothing is dropped
- *   silently;
- * - queue position and ETA events for adapters, per-job timeout and cancellation, and a
+ *   silently; trusted jobs (the one local terminal user) are queued, never refused;
+ * - queue position and ETA events for adapters, estimated from measured run times (per requested
+ *   token when jobs say how many) and the number of slots; per-job timeout and cancellation; a
  *   shutdown that stops accepting, fails queued jobs with a message and drains running ones.
  */
 import PQueue from 'p-queue';
@@ -21,7 +24,7 @@ export interface SchedulerOptions {
   readonly userBurst: number;
   /** A running job is aborted after this. */
   readonly jobTimeoutMs: number;
-  /** Run time assumed for ETAs before any job finished. */
+  /** Run time assumed for ETAs until the first job finished; measured times replace it. */
   readonly initialRunEstimateMs?: number;
   readonly now?: () => number;
 }
@@ -31,6 +34,10 @@ export interface JobSpec<T> {
   readonly user: string;
   /** Must stop soon after `signal` aborts. */
   readonly run: (signal: AbortSignal) => Promise<T>;
+  /** Tokens the job asks the model for, when known: ETAs then scale with it. */
+  readonly tokens?: number;
+  /** Never rate-limited nor refused as busy: the only local user of a terminal chat. */
+  readonly trusted?: boolean;
   /** Called when the job's place in the queue changes (position 1 = next to run). */
   readonly onQueued?: (position: number, etaSeconds: number) => void;
   /** Called once, when the job starts running. */
@@ -60,7 +67,23 @@ export interface JobHandle<T> {
 export interface SchedulerStats {
   readonly queued: number;
   readonly running: number;
-  readonly averageRunMs: number;
+  /** Measured mean run time (recent jobs weigh more); null until a job finished. */
+  readonly averageRunMs: number | null;
+  /** Jobs whose run time was measured. */
+  readonly measuredRuns: number;
+}
+
+/** A conversation's place, held from a message's arrival until its job is submitted or dropped. */
+export interface Reservation {
+  /** Queues the job in the reserved place (conversation and user come from the reservation). */
+  submit<T>(spec: Omit<JobSpec<T>, 'conversation' | 'user'>): JobHandle<T>;
+  /** Gives the place up (no job after all); later jobs of the conversation may then start. */
+  release(): void;
+}
+
+/** What holds a place in a conversation's queue: a job, or a reservation still being prepared. */
+interface Placeholder {
+  readonly placeholder: true;
 }
 
 interface Job<T> {
@@ -71,7 +94,9 @@ interface Job<T> {
   readonly resolve: (v: T) => void;
   readonly reject: (e: Error) => void;
   started: boolean;
+  startedAt: number;
   lastPosition: number;
+  lastEta: number;
 }
 
 /** Observer hooks for metrics. */
@@ -88,12 +113,12 @@ export class Scheduler {
   /** Waiting jobs per user, each FIFO. Map order is the round-robin order. */
   private readonly waiting = new Map<string, Job<unknown>[]>();
   private readonly busyConversations = new Set<string>();
-  /** Waiting jobs per conversation in arrival order; only the head may start. */
-  private readonly conversationQueues = new Map<string, Job<unknown>[]>();
+  /** Waiting jobs and reservations per conversation in arrival order; only the head may start. */
+  private readonly conversationQueues = new Map<string, (Job<unknown> | Placeholder)[]>();
   private running = 0;
   private queued = 0;
   private nextId = 1;
-  private averageRunMs: number;
+  private readonly estimate: RunEstimate;
   private accepting = true;
 
   constructor(
@@ -103,20 +128,86 @@ export class Scheduler {
     this.executor = new PQueue({ concurrency: options.concurrency });
     this.now = options.now ?? Date.now;
     this.buckets = new TokenBuckets(options.userRatePerMinute, options.userBurst, this.now);
-    this.averageRunMs = options.initialRunEstimateMs ?? 10_000;
+    this.estimate = new RunEstimate(options.initialRunEstimateMs ?? 10_000);
   }
 
   stats(): SchedulerStats {
-    return { queued: this.queued, running: this.running, averageRunMs: this.averageRunMs };
+    return { queued: this.queued, running: this.running, averageRunMs: this.estimate.measuredMeanMs, measuredRuns: this.estimate.count };
   }
 
-  /** Seconds until a slot is likely free for a job at `position`. */
+  /**
+   * Seconds until the job at `position` (1 = next) is likely answered: the running jobs' expected
+   * remaining time and the waiting jobs ahead, spread over the slots (several run at once).
+   */
   estimateSeconds(position: number): number {
-    const rounds = Math.ceil(position / this.options.concurrency);
-    return Math.max(1, Math.round((rounds * this.averageRunMs) / 1000));
+    return Math.max(1, Math.round(this.waitPlan(position)[position - 1] / 1000));
+  }
+
+  /**
+   * Expected finish time (ms from now) of the first `count` jobs in dispatch order: each goes to
+   * the slot that frees first. Jobs beyond those waiting are assumed to be average ones.
+   */
+  private waitPlan(count: number): number[] {
+    const now = this.now();
+    const slots = Array.from({ length: this.options.concurrency }, () => 0);
+    let i = 0;
+    for (const job of this.inFlight) {
+      if (i >= slots.length) break;
+      slots[i++] = Math.max(0, this.estimate.runMs(job.spec.tokens) - (now - job.startedAt));
+    }
+    const order = this.dispatchOrder();
+    const finish: number[] = [];
+    for (let p = 0; p < count; p++) {
+      let free = 0;
+      for (let s = 1; s < slots.length; s++) if (slots[s] < slots[free]) free = s;
+      slots[free] += this.estimate.runMs(order[p]?.spec.tokens);
+      finish.push(slots[free]);
+    }
+    return finish;
+  }
+
+  /** Reserves the conversation's next place for a message that just arrived. */
+  reserve(conversation: string, user: string): Reservation {
+    const place: Placeholder = { placeholder: true };
+    const conv = this.conversationQueues.get(conversation) ?? [];
+    conv.push(place);
+    this.conversationQueues.set(conversation, conv);
+    let open = true;
+    const leave = () => {
+      if (!open) return false;
+      open = false;
+      const list = this.conversationQueues.get(conversation);
+      const at = list?.indexOf(place) ?? -1;
+      if (!list || at < 0) return false;
+      list.splice(at, 1);
+      if (list.length === 0) this.conversationQueues.delete(conversation);
+      return true;
+    };
+    return {
+      submit: <T>(spec: Omit<JobSpec<T>, 'conversation' | 'user'>): JobHandle<T> => {
+        const at = open ? (this.conversationQueues.get(conversation)?.indexOf(place) ?? -1) : -1;
+        open = false;
+        return this.enqueue({ ...spec, conversation, user }, at);
+      },
+      release: () => {
+        if (leave()) this.pump();
+      },
+    };
   }
 
   submit<T>(spec: JobSpec<T>): JobHandle<T> {
+    return this.enqueue(spec, -1);
+  }
+
+  /** `place`: index of the caller's reservation in the conversation queue, or -1 to join at the end. */
+  private enqueue<T>(spec: JobSpec<T>, place: number): JobHandle<T> {
+    const conv = this.conversationQueues.get(spec.conversation) ?? [];
+    const dropPlace = () => {
+      if (place < 0) return;
+      conv.splice(place, 1);
+      if (conv.length === 0) this.conversationQueues.delete(spec.conversation);
+      this.pump();
+    };
     let resolve!: (v: T) => void;
     let reject!: (e: Error) => void;
     const result = new Promise<T>((res, rej) => {
@@ -124,17 +215,19 @@ export class Scheduler {
       reject = rej;
     });
     const refuse = (e: SchedulerRejection): JobHandle<T> => {
+      dropPlace();
       reject(e);
       return { result, cancel() {} };
     };
     if (!this.accepting) return refuse(new SchedulerRejection('shutting-down', 'The bot is shutting down; try again in a minute.', 60));
-    const wait = this.buckets.take(spec.user);
-    if (wait > 0)
-      return refuse(new SchedulerRejection('rate-limited', `You are sending messages faster than I can answer; try again in ${wait} s.`, wait));
-    if (this.queued >= this.options.maxQueued) {
-      this.buckets.refund(spec.user);
-      const eta = this.estimateSeconds(this.queued + 1);
-      return refuse(new SchedulerRejection('busy', `I'm busy right now; try again in ~${eta} s.`, eta));
+    if (!spec.trusted) {
+      const wait = this.buckets.take(spec.user);
+      if (wait > 0) return refuse(new SchedulerRejection('rate-limited', this.rateLimitMessage(wait), wait));
+      if (this.queued >= this.options.maxQueued) {
+        this.buckets.refund(spec.user);
+        const eta = this.estimateSeconds(this.queued + 1);
+        return refuse(new SchedulerRejection('busy', `I'm busy right now; try again in ~${eta} s.`, eta));
+      }
     }
     const job: Job<T> = {
       id: this.nextId++,
@@ -144,13 +237,15 @@ export class Scheduler {
       resolve,
       reject,
       started: false,
+      startedAt: 0,
       lastPosition: 0,
+      lastEta: 0,
     };
     const list = this.waiting.get(spec.user) ?? [];
     list.push(job as Job<unknown>);
     this.waiting.set(spec.user, list);
-    const conv = this.conversationQueues.get(spec.conversation) ?? [];
-    conv.push(job as Job<unknown>);
+    if (place >= 0) conv[place] = job as Job<unknown>;
+    else conv.push(job as Job<unknown>);
     this.conversationQueues.set(spec.conversation, conv);
     this.queued++;
     this.observer.queueChanged?.(this.queued, this.running);
@@ -183,6 +278,13 @@ export class Scheduler {
   }
 
   private readonly inFlight = new Set<Job<unknown>>();
+
+  /** This user's own limit, so nobody reads it as the bot being slow or behind. */
+  private rateLimitMessage(wait: number): string {
+    const rate = this.options.userRatePerMinute;
+    const perMinute = Number.isInteger(rate) ? String(rate) : rate.toFixed(1);
+    return `You have reached your own message limit (${perMinute} per minute, ${this.options.userBurst} at once); try again in ${wait} s. Other people are not affected.`;
+  }
 
   private cancel(job: Job<unknown>): void {
     if (job.started) {
@@ -246,6 +348,7 @@ export class Scheduler {
     this.inFlight.add(job);
     this.busyConversations.add(job.spec.conversation);
     const startedAt = this.now();
+    job.startedAt = startedAt;
     this.observer.jobStarted?.(startedAt - job.enqueuedAt);
     this.observer.queueChanged?.(this.queued, this.running);
     const timer = setTimeout(
@@ -273,7 +376,8 @@ export class Scheduler {
         clearTimeout(timer);
         job.controller.signal.removeEventListener('abort', onAbort);
         const runMs = this.now() - startedAt;
-        this.averageRunMs = this.averageRunMs * 0.8 + runMs * 0.2;
+        // A cancelled job's time says nothing about how long an answer takes.
+        if (outcome === 'ok' || outcome === 'error') this.estimate.record(runMs, job.spec.tokens);
         this.running--;
         this.inFlight.delete(job);
         this.busyConversations.delete(job.spec.conversation);
@@ -284,25 +388,72 @@ export class Scheduler {
     });
   }
 
-  /** Positions follow the round-robin dispatch order: the i-th job of every user comes before any user's (i+1)-th. */
-  private announcePositions(): void {
+  /** Waiting jobs in round-robin dispatch order: the i-th job of every user comes before any user's (i+1)-th. */
+  private dispatchOrder(): Job<unknown>[] {
     const lists = [...this.waiting.values()];
-    let position = 0;
+    const order: Job<unknown>[] = [];
     for (let depth = 0; ; depth++) {
       let any = false;
       for (const list of lists) {
         const job = list[depth];
         if (!job) continue;
         any = true;
-        position++;
-        if (job.lastPosition !== position) {
-          job.lastPosition = position;
-          job.spec.onQueued?.(position, this.estimateSeconds(position));
-        }
+        order.push(job);
       }
       if (!any) break;
     }
+    return order;
   }
+
+  /** Tells waiting jobs their place, again when it or its ETA changed. */
+  private announcePositions(): void {
+    const order = this.dispatchOrder();
+    if (order.length === 0) return;
+    const plan = this.waitPlan(order.length);
+    order.forEach((job, i) => {
+      const position = i + 1;
+      const eta = Math.max(1, Math.round(plan[i] / 1000));
+      if (job.lastPosition !== position || job.lastEta !== eta) {
+        job.lastPosition = position;
+        job.lastEta = eta;
+        job.spec.onQueued?.(position, eta);
+      }
+    });
+  }
+}
+
+/**
+ * Expected run time of a job. The starting guess counts only until something was measured; then
+ * recent measurements weigh more. Jobs that say how many tokens they ask for are estimated per
+ * token once such a job was measured, so a 128-word answer is expected to take longer than an
+ * 8-word one.
+ */
+class RunEstimate {
+  private meanMs: number | undefined;
+  private perTokenMs: number | undefined;
+  count = 0;
+
+  constructor(private readonly guessMs: number) {}
+
+  get measuredMeanMs(): number | null {
+    return this.meanMs === undefined ? null : Math.round(this.meanMs * 10) / 10;
+  }
+
+  record(runMs: number, tokens: number | undefined): void {
+    this.count++;
+    this.meanMs = blend(this.meanMs, runMs);
+    if (tokens !== undefined && tokens > 0) this.perTokenMs = blend(this.perTokenMs, runMs / tokens);
+  }
+
+  runMs(tokens: number | undefined): number {
+    if (tokens !== undefined && tokens > 0 && this.perTokenMs !== undefined) return this.perTokenMs * tokens;
+    return this.meanMs ?? this.guessMs;
+  }
+}
+
+/** An exponential moving average whose first value is the first measurement itself. */
+function blend(previous: number | undefined, value: number): number {
+  return previous === undefined ? value : previous * 0.7 + value * 0.3;
 }
 
 function abortOutcome(signal: AbortSignal): 'timeout' | 'cancelled' {

@@ -14,6 +14,7 @@ import { conversationId } from '../conversation/key.ts';
 import { buildPrompt, fitText, PromptTooLongError, questionText } from '../conversation/prompt.ts';
 import { describeSettings, parseSettingsChanges } from '../conversation/settings.ts';
 import {
+  DEFAULT_SETTINGS,
   ImageInputError,
   type IncomingMessage,
   type MessageHandler,
@@ -21,7 +22,7 @@ import {
   type Responder,
   type Segment,
 } from '../conversation/types.ts';
-import { SchedulerRejection, type Scheduler } from '../queue/scheduler.ts';
+import { SchedulerRejection, type Reservation, type Scheduler } from '../queue/scheduler.ts';
 import type { ServiceMetrics } from './metrics.ts';
 
 export interface HandlerLimits {
@@ -50,7 +51,7 @@ export const HELP_TEXT = [
   '- Mention me with a message, an image, or both; I remember the conversation in this channel or thread.',
   '- retrieve <text>: find images for a description.',
   '- reset: forget this conversation.',
-  '- settings [ret_scale=1.0] [max_images=2] [words=32] [temperature=0]: show or change how I answer here.',
+  '- settings [ret_scale=1.0] [max_images=2] [words=32] [temperature=0]: show or change how I answer here; settings reset restores the defaults.',
   '- help: this message.',
 ].join('\n');
 
@@ -58,6 +59,18 @@ export const HELP_TEXT = [
 export function helpFor(platform: IncomingMessage['key']['platform']): string {
   return platform === 'slack' ? HELP_TEXT.split('\n').filter((l) => !l.startsWith('- settings')).join('\n') : HELP_TEXT;
 }
+
+/** The terminal has one local user, who started the bot: queued, never rate-limited or refused. */
+const TRUSTED_PLATFORMS: ReadonlySet<IncomingMessage['key']['platform']> = new Set(['shell']);
+
+/** How to ask for help, as each platform spells it. */
+export function helpHint(platform: IncomingMessage['key']['platform']): string {
+  if (platform === 'shell') return 'Type /help to see what I can do.';
+  if (platform === 'discord') return 'Use /fromage help to see what I can do.';
+  return 'Say "help" to see what I can do.';
+}
+
+const userOf = (message: IncomingMessage) => `${message.key.platform}:${message.author.id}`;
 
 const text = (t: string): Segment => ({ type: 'text', text: t });
 const reply = (kind: Reply['kind'], ...segments: Segment[]): Reply => ({ kind, segments });
@@ -67,10 +80,63 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
   const { engine, history, scheduler, logger, metrics } = deps;
   /** Resets per conversation, so an answer finishing after a reset is not written back. */
   const resets = new Map<string, number>();
+  /** Per conversation, when the latest message so far has had all its replies delivered. */
+  const delivered = new Map<string, Promise<void>>();
 
-  async function handle(message: IncomingMessage, responder: Responder): Promise<void> {
+  /**
+   * Replies leave in arrival order: a message's replies wait until the one before it in the
+   * conversation has had its replies delivered (a refused image does not jump ahead of the
+   * answer still being written for an earlier message). Progress and typing are not held back.
+   */
+  function inArrivalOrder(conversation: string, responder: Responder): { responder: Responder; done: () => void } {
+    const before = delivered.get(conversation) ?? Promise.resolve();
+    let done!: () => void;
+    const mine = new Promise<void>((r) => (done = r));
+    delivered.set(conversation, mine);
+    void mine.then(() => {
+      if (delivered.get(conversation) === mine) delivered.delete(conversation);
+    });
+    const ordered: Responder = {
+      send: async (r) => {
+        await before;
+        await responder.send(r);
+      },
+      typing: () => responder.typing(),
+      progress: (update) => responder.progress(update),
+    };
+    return { responder: ordered, done };
+  }
+
+  async function handle(message: IncomingMessage, platformResponder: Responder): Promise<void> {
     const conversation = conversationId(message.key);
+    const { responder, done } = inArrivalOrder(conversation, platformResponder);
+    try {
+      await dispatch(message, conversation, responder);
+    } catch (err) {
+      const ref = randomUUID().slice(0, 8);
+      metrics?.countError('internal');
+      logger.error({ err, ref, platform: message.key.platform }, 'request failed');
+      await responder
+        .send(reply('error', text(`Something went wrong on my side (reference ${ref}); please try again.`)))
+        .catch((e: unknown) => logger.warn({ err: e, ref }, 'could not deliver the error reply'));
+    } finally {
+      done();
+    }
+  }
+
+  async function dispatch(message: IncomingMessage, conversation: string, responder: Responder): Promise<void> {
     metrics?.countMessage(message.key.platform, message.intent.kind);
+    // The conversation's place is taken now, on arrival, before any slow preparation (image
+    // download and decoding, token counting): a quick message sent next cannot overtake this one.
+    if (message.intent.kind === 'chat' || message.intent.kind === 'retrieve') {
+      const place = scheduler.reserve(conversation, userOf(message));
+      try {
+        if (message.intent.kind === 'retrieve') return await retrieve(message, message.intent.query, message.intent.count, conversation, responder, place);
+        return await chat(message, conversation, responder, place);
+      } finally {
+        place.release();
+      }
+    }
     switch (message.intent.kind) {
       case 'help':
         return responder.send(reply('notice', text(helpFor(message.key.platform))));
@@ -79,6 +145,10 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
         resets.set(conversation, (resets.get(conversation) ?? 0) + 1);
         return responder.send(reply('notice', text('I forgot this conversation; we start afresh.')));
       case 'settings': {
+        if (message.intent.reset) {
+          const now = history.updateSettings(conversation, { ...DEFAULT_SETTINGS });
+          return responder.send(reply('notice', text(`Settings here are back to the defaults: ${describeSettings(now)}`)));
+        }
         const parsed = parseSettingsChanges(message.intent.changes as Record<string, unknown>);
         if (!parsed.ok) return responder.send(reply('error', text(parsed.message)));
         const now = Object.keys(parsed.changes).length
@@ -86,31 +156,34 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
           : history.settings(conversation);
         return responder.send(reply('notice', text(`Settings here: ${describeSettings(now)}`)));
       }
-      case 'retrieve':
-        return retrieve(message, message.intent.query, message.intent.count, conversation, responder);
-      case 'chat':
-        return chat(message, conversation, responder);
+      case 'welcome': {
+        // A new conversation needs no introduction; a kept one is worth knowing about.
+        const kept = history.turns(conversation).filter((t) => t.role === 'user').length;
+        if (kept === 0) return;
+        const what = kept === 1 ? '1 earlier message' : `${kept} earlier messages`;
+        return responder.send(reply('notice', text(`I still remember this conversation (${what}, kept across restarts). ${message.key.platform === 'shell' ? 'Type /reset' : 'Say reset'} to start afresh.`)));
+      }
     }
   }
 
-  async function retrieve(message: IncomingMessage, query: string, count: number | undefined, conversation: string, responder: Responder) {
+  async function retrieve(message: IncomingMessage, query: string, count: number | undefined, conversation: string, responder: Responder, place: Reservation) {
     const q = query.trim().slice(0, limits.maxMessageChars);
     if (!q) return responder.send(reply('error', text('Tell me what to look for, for example: retrieve a dog on a beach')));
     if (!engine.info.hasIndex)
       return responder.send(reply('error', text('No image index is configured, so I cannot retrieve images. The bot owner can add one with `fromage index import` (see the README).')));
     const n = Math.max(1, Math.min(4, count ?? history.settings(conversation).maxImages));
-    const images = await runJob(message, conversation, responder, (signal) => engine.retrieve(q, n, { signal }));
+    const images = await runJob(message, place, responder, { run: (signal) => engine.retrieve(q, n, { signal }) });
     if (!images) return;
     if (images.length === 0) return responder.send(reply('notice', text(`I found no image I could load for "${q}".`)));
     await responder.send(reply('answer', { type: 'images', images }));
   }
 
-  async function chat(message: IncomingMessage, conversation: string, responder: Responder) {
+  async function chat(message: IncomingMessage, conversation: string, responder: Responder, place: Reservation) {
     const notes: string[] = [];
     let question = message.text.trim();
     let inputs = message.images;
     if (!question && inputs.length === 0)
-      return responder.send(reply('error', text('Send me some text, an image, or both. Say "help" to see what I can do.')));
+      return responder.send(reply('error', text(`Send me some text, an image, or both. ${helpHint(message.key.platform)}`)));
     if (inputs.length > limits.maxImagesPerMessage) {
       notes.push(`You sent ${inputs.length} images; I looked at the first ${limits.maxImagesPerMessage}.`);
       inputs = inputs.slice(0, limits.maxImagesPerMessage);
@@ -127,10 +200,8 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
       }
     }
     if (!question) question = DEFAULT_IMAGE_QUESTION;
-    if (question.length > limits.maxMessageChars) {
-      notes.push(`Your message was ${question.length} characters; I read the first ${limits.maxMessageChars}.`);
-      question = question.slice(0, limits.maxMessageChars);
-    }
+    const sentChars = question.length;
+    if (question.length > limits.maxMessageChars) question = question.slice(0, limits.maxMessageChars);
     const settings = history.settings(conversation);
     const budget = {
       contextLength: engine.info.contextLength,
@@ -142,23 +213,28 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
     const room = budget.contextLength - settings.maxWords - 1 - images.length * budget.nVisualTokens - (await engine.countTokens(questionText('')));
     if (room < 1) return responder.send(reply('error', text('Too many images for the model context; send fewer images at once.')));
     const fitted = await fitText(question, room, budget.countTokens);
-    if (fitted.length < question.length) {
-      notes.push(`Your message was too long for the model; I read the first ${fitted.length} characters.`);
-      question = fitted;
+    // One statement, whichever limit cut deeper.
+    if (fitted.length < sentChars) {
+      const why = fitted.length < question.length ? ', as much as fits in the model with its answer' : '';
+      notes.push(`Your message was ${sentChars} characters; I read the first ${fitted.length}${why}.`);
     }
+    question = fitted;
     const current: Turn = { role: 'user', text: question, images, at: message.receivedAt.getTime() };
     const started = Date.now();
     // History is read and written inside the job: the scheduler runs one job per conversation at
     // a time, so a message sent right after another sees the first one's question and answer.
-    const result = await runJob(message, conversation, responder, async (signal) => {
-      const epoch = resets.get(conversation) ?? 0;
-      const built = await buildPrompt(history.turns(conversation), current, budget);
-      if (built.droppedTurns > 0) logger.debug({ conversation, dropped: built.droppedTurns }, 'older turns left out of the prompt');
-      const r = await engine.chat(built.items, settings, { signal, onText: (t) => void responder.progress({ state: 'running', text: t }).catch(() => {}) });
-      const answerText = r.historyText ?? r.segments.flatMap((s) => (s.type === 'text' ? [s.text] : [])).join(' ');
-      // A reset while this answer was being written wins: the exchange is not brought back.
-      if ((resets.get(conversation) ?? 0) === epoch) history.append(conversation, current, { role: 'bot', text: answerText, images: [], at: Date.now() });
-      return r;
+    const result = await runJob(message, place, responder, {
+      tokens: settings.maxWords,
+      run: async (signal) => {
+        const epoch = resets.get(conversation) ?? 0;
+        const built = await buildPrompt(history.turns(conversation), current, budget);
+        if (built.droppedTurns > 0) logger.debug({ conversation, dropped: built.droppedTurns }, 'older turns left out of the prompt');
+        const r = await engine.chat(built.items, settings, { signal, onText: (t) => void responder.progress({ state: 'running', text: t }).catch(() => {}) });
+        const answerText = r.historyText ?? r.segments.flatMap((s) => (s.type === 'text' ? [s.text] : [])).join(' ');
+        // A reset while this answer was being written wins: the exchange is not brought back.
+        if ((resets.get(conversation) ?? 0) === epoch) history.append(conversation, current, { role: 'bot', text: answerText, images: [], at: Date.now() });
+        return r;
+      },
     });
     if (!result) return;
     metrics?.countTokens(result.generatedTokens, (Date.now() - started) / 1000);
@@ -169,12 +245,16 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
     await responder.send(reply('answer', ...segments));
   }
 
-  /** Queues `work`; on failure answers the user and returns undefined. */
-  async function runJob<T>(message: IncomingMessage, conversation: string, responder: Responder, work: (signal: AbortSignal) => Promise<T>): Promise<T | undefined> {
-    const job = scheduler.submit({
-      conversation,
-      user: `${message.key.platform}:${message.author.id}`,
-      run: work,
+  /** Queues the work in the conversation's reserved place; on failure answers the user and returns undefined. */
+  async function runJob<T>(
+    message: IncomingMessage,
+    place: Reservation,
+    responder: Responder,
+    work: { run: (signal: AbortSignal) => Promise<T>; tokens?: number },
+  ): Promise<T | undefined> {
+    const job = place.submit({
+      ...work,
+      trusted: TRUSTED_PLATFORMS.has(message.key.platform),
       onQueued: (position, etaSeconds) => void responder.progress({ state: 'queued', position, etaSeconds }).catch(() => {}),
       onStart: () => void responder.typing().catch(() => {}),
     });
@@ -195,17 +275,5 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
     }
   }
 
-  return async (message, responder) => {
-    try {
-      await handle(message, responder);
-    } catch (err) {
-      const ref = randomUUID().slice(0, 8);
-      metrics?.countError('internal');
-      logger.error({ err, ref, platform: message.key.platform }, 'request failed');
-      await responder
-        .send(reply('error', text(`Something went wrong on my side (reference ${ref}); please try again.`)))
-        .catch((e: unknown) => logger.warn({ err: e, ref }, 'could not deliver the error reply'));
-    }
-  };
+  return handle;
 }
-

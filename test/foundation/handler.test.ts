@@ -63,6 +63,68 @@ describe('message handler', () => {
     expect(history.turns('shell:test:c1:-')).toEqual([]);
   });
 
+  it('keeps arrival order when an image message is followed by quick text messages (issue 11, bug 1)', async () => {
+    const { handler, history } = setup();
+    // The image takes a while to arrive (a download); the texts sent after it are ready at once.
+    const slowImage = { ...bytesImage('landscape.png', png), fetch: async () => new Promise<Buffer>((r) => setTimeout(() => r(png), 60)) };
+    const brokenSlow = { ...bytesImage('broken.png', png), fetch: async () => new Promise<Buffer>((r) => setTimeout(() => r(png.subarray(0, 40)), 60)) };
+    const said: string[] = [];
+    const recorder = () => {
+      const r = new RecordingResponder();
+      const send = r.send.bind(r);
+      r.send = async (reply) => {
+        said.push(reply.segments.map((s) => (s.type === 'text' ? s.text : '[images]')).join(' '));
+        await send(reply);
+      };
+      return r;
+    };
+    await Promise.all([
+      handler(message('FIRST with image', { images: [slowImage] }), recorder()),
+      handler(message('SECOND'), recorder()),
+      handler(message('', { intent: { kind: 'retrieve', query: 'THIRD' } }), recorder()),
+      handler(message('FOURTH', { images: [brokenSlow] }), recorder()),
+      handler(message('FIFTH'), recorder()),
+    ]);
+    expect(history.turns('shell:test:c1:-').filter((t) => t.role === 'user').map((t) => t.text)).toEqual(['FIRST with image', 'SECOND', 'FIFTH']);
+    expect(said).toEqual([
+      'I see 1 image(s). You said: FIRST with image',
+      'I see 1 image(s). You said: SECOND',
+      '[images]',
+      expect.stringMatching(/^I could not use broken.png/),
+      'I see 1 image(s). You said: FIFTH',
+    ]);
+  });
+
+  it('never rate-limits or refuses the one terminal user, but names a platform user\'s own limit', async () => {
+    const scheduler = new Scheduler({ concurrency: 1, maxQueued: 2, userRatePerMinute: 1, userBurst: 1, jobTimeoutMs: 5000 });
+    const { handler } = setup({ scheduler }, { delayMs: 5 });
+    const terminal = Array.from({ length: 8 }, () => new RecordingResponder());
+    await Promise.all(terminal.map((r, i) => handler({ ...message(`line ${i}`), key: { platform: 'shell', workspace: 'local', channel: 'terminal' } }, r)));
+    expect(terminal.map((r) => r.replies[0].kind)).toEqual(Array(8).fill('answer'));
+    const platform = (t: string) => ({ ...message(t), key: { platform: 'discord' as const, workspace: 'g', channel: 'c' } });
+    await handler(platform('one'), new RecordingResponder());
+    const limited = new RecordingResponder();
+    await handler(platform('two'), limited);
+    expect(limited.replies[0].kind).toBe('busy');
+    expect(limited.text()).toMatch(/your own message limit \(1 per minute, 1 at once\); try again in 60 s/);
+    expect(limited.text()).not.toMatch(/faster than I can answer/);
+  });
+
+  it('restores default settings on settings reset', async () => {
+    const { ask, history } = setup();
+    await ask('', { intent: { kind: 'settings', changes: { maxWords: 48, temperature: 0.7 } } });
+    const r = await ask('', { intent: { kind: 'settings', changes: {}, reset: true } });
+    expect(r.text()).toMatch(/back to the defaults: ret_scale=1 max_images=2 words=32 temperature=0/);
+    expect(history.settings('shell:test:c1:-')).toEqual({ retScaleFactor: 1, maxImages: 2, maxWords: 32, temperature: 0 });
+  });
+
+  it('says on (re)opening that a kept conversation is still remembered, and nothing for a new one', async () => {
+    const { ask } = setup();
+    expect((await ask('', { intent: { kind: 'welcome' } })).replies).toEqual([]);
+    await ask('hello');
+    expect((await ask('', { intent: { kind: 'welcome' } })).text()).toMatch(/still remember this conversation \(1 earlier message, kept across restarts\)\. Type \/reset to start afresh/);
+  });
+
   it('returns model images in order after the text', async () => {
     const { ask } = setup();
     const r = await ask('show me a dog');
@@ -88,8 +150,9 @@ describe('message handler', () => {
     const long = 'word '.repeat(3999) + 'words';
     const r = await ask(long);
     expect(r.replies[0].kind).toBe('answer');
-    expect(r.text()).toMatch(/Your message was 20000 characters; I read the first 4000\./);
-    expect(r.text()).toMatch(/too long for the model; I read the first \d+ characters/);
+    // One statement, with the limit that cut deepest (issue 11).
+    expect(r.text()).toMatch(/^\(Your message was 20000 characters; I read the first \d+, as much as fits in the model with its answer\.\)$/m);
+    expect(r.text().match(/I read/g)).toHaveLength(1);
     const q = engine.calls[0].prompt.at(-1);
     expect(q?.type === 'text' && (await engine.countTokens(q.text))).toBeLessThanOrEqual(512 - 32);
   });
@@ -148,9 +211,11 @@ describe('message handler', () => {
 
   it('tells a user who floods the bot when to retry', async () => {
     const scheduler = new Scheduler({ concurrency: 1, maxQueued: 10, userRatePerMinute: 1, userBurst: 1, jobTimeoutMs: 5000 });
-    const { ask } = setup({ scheduler });
-    await ask('one');
-    const r = await ask('two');
+    const { handler } = setup({ scheduler });
+    const onDiscord = (t: string) => ({ ...message(t), key: { platform: 'discord' as const, workspace: 'g', channel: 'c' } });
+    await handler(onDiscord('one'), new RecordingResponder());
+    const r = new RecordingResponder();
+    await handler(onDiscord('two'), r);
     expect(r.replies[0].kind).toBe('busy');
     expect(r.text()).toMatch(/try again in 60 s/);
   });

@@ -179,4 +179,94 @@ describe('Scheduler', () => {
     const s = new Scheduler(base);
     await expect(s.submit({ conversation: 'a', user: 'a', run: async () => Promise.reject(new Error('engine broke')) }).result).rejects.toThrow('engine broke');
   });
+
+  it('holds a reserved place: a job submitted later in the conversation waits for it', async () => {
+    const s = new Scheduler(base);
+    const order: string[] = [];
+    const place = s.reserve('conv', 'u');
+    const later = s.submit({ conversation: 'conv', user: 'u', run: async () => void order.push('later') });
+    const other = s.submit({ conversation: 'elsewhere', user: 'v', run: async () => void order.push('other conversation') });
+    await other.result;
+    await tick();
+    expect(order).toEqual(['other conversation']);
+    await place.submit({ run: async () => void order.push('reserved') }).result;
+    await later.result;
+    expect(order).toEqual(['other conversation', 'reserved', 'later']);
+    // A released place lets the rest go on.
+    const dropped = s.reserve('conv', 'u');
+    const after = s.submit({ conversation: 'conv', user: 'u', run: async () => 'ran' });
+    dropped.release();
+    await expect(after.result).resolves.toBe('ran');
+  });
+
+  it('gives a refused reservation\'s place back', async () => {
+    const s = new Scheduler({ ...base, userRatePerMinute: 1, userBurst: 1 });
+    await s.submit({ conversation: 'a', user: 'u', run: async () => 1 }).result;
+    const place = s.reserve('b', 'u');
+    const next = s.submit({ conversation: 'b', user: 'v', run: async () => 'next' });
+    await expect(place.submit({ run: async () => 2 }).result).rejects.toMatchObject({ reason: 'rate-limited' });
+    await expect(next.result).resolves.toBe('next');
+  });
+
+  it('queues trusted jobs beyond the rate limit and the queue bound', async () => {
+    const s = new Scheduler({ ...base, maxQueued: 1, userRatePerMinute: 1, userBurst: 1 });
+    const jobs = Array.from({ length: 6 }, (_, i) => s.submit({ conversation: 'terminal', user: 'local', trusted: true, run: async () => i }));
+    expect(await Promise.all(jobs.map((j) => j.result))).toEqual([0, 1, 2, 3, 4, 5]);
+  });
+
+  it('says a rate limit is the user\'s own, with its numbers and when to retry', async () => {
+    const s = new Scheduler({ ...base, userRatePerMinute: 6, userBurst: 1 });
+    await s.submit({ conversation: 'a', user: 'u', run: async () => 1 }).result;
+    const limited = s.submit({ conversation: 'a', user: 'u', run: async () => 2 });
+    await expect(limited.result).rejects.toThrow(/your own message limit \(6 per minute, 1 at once\); try again in 10 s\. Other people are not affected/);
+  });
+
+  it('estimates from the first measured run at once, not from the starting guess', async () => {
+    let now = 0;
+    const s = new Scheduler({ ...base, initialRunEstimateMs: 10_000, now: () => now });
+    expect(s.stats().averageRunMs).toBeNull();
+    await s.submit({
+      conversation: 'a',
+      user: 'a',
+      run: async () => {
+        now += 100;
+      },
+    }).result;
+    expect(s.stats()).toMatchObject({ averageRunMs: 100, measuredRuns: 1 });
+    const hold = gate();
+    const etas: number[] = [];
+    s.submit({ conversation: 'a', user: 'a', run: () => hold.done });
+    s.submit({ conversation: 'b', user: 'b', run: async () => {}, onQueued: (_p, eta) => etas.push(eta) });
+    expect(etas).toEqual([1]);
+    hold.release();
+  });
+
+  it('scales estimates with the tokens a job asks for', async () => {
+    let now = 0;
+    const s = new Scheduler({ ...base, now: () => now });
+    // 32 tokens took 3.2 s: 100 ms per token.
+    await s.submit({ conversation: 'a', user: 'a', tokens: 32, run: async () => void (now += 3200) }).result;
+    const hold = gate();
+    s.submit({ conversation: 'a', user: 'a', tokens: 128, run: () => hold.done });
+    const etas: number[] = [];
+    s.submit({ conversation: 'b', user: 'b', tokens: 8, run: async () => {}, onQueued: (_p, eta) => etas.push(eta) });
+    // 12.8 s for the running 128-token answer, then 0.8 s for its own 8 tokens.
+    expect(etas).toEqual([14]);
+    now += 10_000;
+    expect(s.estimateSeconds(1)).toBe(4);
+    hold.release();
+  });
+
+  it('counts jobs running side by side when several slots decode at once', async () => {
+    const now = 0;
+    const s = new Scheduler({ ...base, concurrency: 4, initialRunEstimateMs: 2000, now: () => now });
+    const hold = gate();
+    for (let i = 0; i < 4; i++) s.submit({ conversation: `r${i}`, user: `r${i}`, run: () => hold.done });
+    const etas: number[] = [];
+    for (let i = 0; i < 5; i++) s.submit({ conversation: `w${i}`, user: `w${i}`, run: async () => {}, onQueued: (_p, eta) => i === 4 && etas.push(eta) });
+    // Four waiting jobs fit in the four slots freed after 2 s; the fifth waits for a second round.
+    expect(s.estimateSeconds(4)).toBe(4);
+    expect(etas[0]).toBe(6);
+    hold.release();
+  });
 });
