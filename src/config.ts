@@ -33,6 +33,10 @@ export const configSchema = z.object({
   FROMAGE_MAX_IMAGES_PER_MESSAGE: z.coerce.number().int().min(1).max(50).default(4),
   FROMAGE_MAX_IMAGE_BYTES: z.coerce.number().int().min(1024).default(20 * 1024 * 1024),
   FROMAGE_SETUP_YES: bool.default(false),
+  /** Unset: computed at start (src/serving/kv-config.ts); 0: prefix reuse off. */
+  FROMAGE_KV_CACHE_MB: z.coerce.number().int().min(0).max(4_194_304).optional(),
+  FROMAGE_KV_DISK_MB: z.coerce.number().int().min(0).max(67_108_864).default(4096),
+  FROMAGE_KV_CODEC: z.enum(['fp16', 'fp32', 'int8']).default('fp16'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   HTTP_PORT: port.optional(),
 
@@ -62,6 +66,9 @@ export const SECRET_KEYS = ['DISCORD_TOKEN', 'SLACK_BOT_TOKEN', 'SLACK_APP_TOKEN
 
 const HINTS: Partial<Record<keyof Config, string>> = {
   FROMAGE_DEVICE: 'set it to cpu or cuda',
+  FROMAGE_KV_CACHE_MB: 'MiB of memory for kept conversation caches; leave it empty for the default, 0 turns reuse off',
+  FROMAGE_KV_DISK_MB: 'MiB of disk for spilled conversation caches; 0 turns the spill off',
+  FROMAGE_KV_CODEC: 'fp16 (default), fp32 (exact) or int8',
   DISCORD_TOKEN: 'copy the bot token from the Discord developer portal (Bot > Reset Token)',
   DISCORD_APPLICATION_ID: 'copy the Application ID from the Discord developer portal (General Information)',
   DISCORD_API_BASE: 'leave it unset for discord.com, or give a full http(s) URL',

@@ -1,0 +1,253 @@
+/**
+ * Kept KV caches in memory, keyed by what their positions hold (position-keys.ts), with the
+ * disk spill behind them (kv-spill.ts). The engine asks for the longest kept prefix of a new
+ * prompt before prefilling it and gives back the whole sequence's cache after the answer.
+ *
+ * Entries are whole sequences compared key by key from position 0; a match may use any common
+ * prefix of an entry (KV at position i depends on positions 0..i only). A handful of
+ * conversations are kept at a time, so a linear scan costs microseconds against a prefill's
+ * seconds; a radix tree (SGLang) would share storage between branches, which whole-sequence
+ * entries give up for simple eviction and one file per entry on disk.
+ *
+ * Memory is bounded by `budgetBytes` (encoded data + keys), least recently used first; an entry
+ * being copied out is never evicted; an entry larger than the whole budget is not kept in memory
+ * (it may still go to disk). Evicted entries are written to the spill in the background (the
+ * writes are serialized; at most half the budget, or one entry, waits for them), and close()
+ * writes what is still kept.
+ */
+import { decodeKvInto, encodeKv, type EncodedKv, type KvCodecName } from './kv-codec.ts';
+import { KvSpill, type KvSpillOptions } from './kv-spill.ts';
+import type { KvReader, KvStore, KvStoreStats, KvWriter, PositionKey, PrefixMatch } from './kv-types.ts';
+import { commonPrefixLength } from './position-keys.ts';
+
+export interface KvStoreOptions {
+  /** FROMAGE_KV_CACHE_MB in bytes; 0 turns reuse off (match finds nothing, insert keeps nothing). */
+  readonly budgetBytes: number;
+  /** How kept caches are stored; default DEFAULT_KV_CODEC. 'fp32' keeps them exact. */
+  readonly codec?: KvCodecName;
+  /** The disk spill; absent or a budget of 0: none. */
+  readonly spill?: KvSpillOptions;
+  readonly warn?: (message: string) => void;
+  readonly now?: () => number;
+}
+
+/**
+ * fp16: converting back costs about 1% of the prefill it saves at the OPT-6.7B shape and keeps
+ * twice as many conversations per MiB as fp32 (bench/kv-store.bench.ts, docs/runtime.md).
+ */
+export const DEFAULT_KV_CODEC: KvCodecName = 'fp16';
+
+/** Bookkeeping per entry besides its data (keys are counted at 8 bytes each on top). */
+const ENTRY_OVERHEAD_BYTES = 256;
+
+interface Entry {
+  readonly keys: readonly PositionKey[];
+  readonly kv: EncodedKv;
+  readonly bytes: number;
+  lastUsed: number;
+  /** copyInto calls in progress. */
+  pins: number;
+  /** The spill already holds these keys (read from it, or written): evicting needs no write. */
+  onDisk: boolean;
+}
+
+export interface PrefixStoreStats extends KvStoreStats {
+  readonly diskEntries: number;
+  readonly diskBytes: number;
+  readonly diskBudgetBytes: number;
+  readonly spillErrors: number;
+}
+
+export class PrefixStore implements KvStore {
+  /** Insertion order = least recently used first. */
+  private readonly entries = new Set<Entry>();
+  private used = 0;
+  private closed = false;
+  private readonly codec: KvCodecName;
+  private readonly spill: Promise<KvSpill> | undefined;
+  /** The spill once open (for stats, which are synchronous). */
+  private spillState: KvSpill | undefined;
+  private writes: Promise<void> = Promise.resolve();
+  private pendingWriteBytes = 0;
+  private readonly counters = { reusedPositions: 0, prefilledPositions: 0, evictions: 0, spillWrites: 0, spillReads: 0, droppedSpills: 0 };
+
+  constructor(private readonly options: KvStoreOptions) {
+    this.codec = options.codec ?? DEFAULT_KV_CODEC;
+    if (!Number.isFinite(options.budgetBytes) || options.budgetBytes < 0) throw new RangeError(`budgetBytes must be >= 0, got ${options.budgetBytes}`);
+    const spill = options.spill;
+    if (options.budgetBytes > 0 && spill && spill.budgetBytes > 0) {
+      this.spill = KvSpill.open({ warn: options.warn, now: options.now, ...spill });
+      void this.spill.then((s) => (this.spillState = s));
+    }
+  }
+
+  private get enabled(): boolean {
+    return this.options.budgetBytes > 0 && !this.closed;
+  }
+
+  private now(): number {
+    return this.options.now?.() ?? Date.now();
+  }
+
+  private touch(entry: Entry): void {
+    entry.lastUsed = this.now();
+    this.entries.delete(entry);
+    this.entries.add(entry);
+  }
+
+  async match(keys: readonly PositionKey[], maxLength: number): Promise<PrefixMatch | undefined> {
+    if (!this.enabled) return undefined;
+    const limit = Math.min(maxLength, keys.length);
+    if (limit <= 0) return undefined;
+    let best: { entry: Entry; length: number } | undefined;
+    for (const entry of this.entries) {
+      const length = commonPrefixLength(entry.keys, keys, limit);
+      // Later entries are more recently used: on a tie, prefer them.
+      if (length > 0 && (!best || length >= best.length)) best = { entry, length };
+    }
+    let kv = best?.entry.kv;
+    let length = best?.length ?? 0;
+    if (best) this.touch(best.entry);
+    const spill = this.spill && (await this.spill);
+    while (spill && length < limit) {
+      const onDisk = spill.best(keys, limit);
+      if (!onDisk || onDisk.length <= length) break;
+      const read = await spill.read(onDisk.entry);
+      if (!read) continue; // damaged: removed from the spill; look again
+      this.counters.spillReads++;
+      kv = read;
+      length = onDisk.length;
+      if (this.enabled) this.keep(onDisk.entry.keys, read, true);
+    }
+    if (!kv || length === 0 || !this.enabled) return undefined;
+    return this.matchOf(kv, length);
+  }
+
+  private matchOf(kv: EncodedKv, length: number): PrefixMatch {
+    const entry = [...this.entries].find((e) => e.kv === kv);
+    return {
+      length,
+      copyInto: async (into: KvWriter) => {
+        // The match holds its data either way; the pin keeps an entry being copied counted in
+        // the budget (not evicted) so memory stays within it.
+        if (entry) entry.pins++;
+        try {
+          decodeKvInto(kv, into, length);
+        } finally {
+          if (entry) entry.pins--;
+        }
+        this.counters.reusedPositions += length;
+      },
+    };
+  }
+
+  async insert(keys: readonly PositionKey[], from: KvReader): Promise<void> {
+    if (!this.enabled || keys.length === 0) return;
+    if (from.length < keys.length) throw new RangeError(`insert: ${keys.length} keys but the cache holds ${from.length} positions`);
+    for (const entry of this.entries) {
+      if (entry.keys.length >= keys.length && commonPrefixLength(entry.keys, keys) === keys.length) {
+        this.touch(entry); // already kept, as itself or inside a longer sequence
+        return;
+      }
+    }
+    this.keep([...keys], encodeKv(from, keys.length, this.codec), false);
+  }
+
+  /** Adds an entry (evicting least recently used ones); drops entries it extends. */
+  private keep(keys: readonly PositionKey[], kv: EncodedKv, onDisk: boolean): void {
+    for (const entry of this.entries) {
+      if (entry.keys.length <= keys.length && commonPrefixLength(entry.keys, keys) === entry.keys.length) this.remove(entry);
+    }
+    const bytes = kv.data.byteLength + keys.length * 8 + ENTRY_OVERHEAD_BYTES;
+    const entry: Entry = { keys, kv, bytes, lastUsed: this.now(), pins: 0, onDisk };
+    const budget = this.options.budgetBytes;
+    if (bytes <= budget) {
+      for (const victim of [...this.entries]) {
+        if (this.used + bytes <= budget) break;
+        if (victim.pins > 0) continue;
+        this.remove(victim);
+        this.counters.evictions++;
+        this.spillLater(victim);
+      }
+    }
+    if (this.used + bytes > budget) {
+      this.spillLater(entry); // too big for memory, or everything else is being copied
+      return;
+    }
+    this.entries.add(entry);
+    this.used += bytes;
+  }
+
+  private remove(entry: Entry): void {
+    if (this.entries.delete(entry)) this.used -= entry.bytes;
+  }
+
+  /** Queues a spill write; dropped when too much already waits (the data would pile up in memory). */
+  private spillLater(entry: Entry): void {
+    if (!this.spill || entry.onDisk) return;
+    const bytes = entry.kv.data.byteLength;
+    if (this.pendingWriteBytes > 0 && this.pendingWriteBytes + bytes > this.options.budgetBytes / 2) {
+      this.counters.droppedSpills++;
+      return;
+    }
+    this.pendingWriteBytes += bytes;
+    const spill = this.spill;
+    this.writes = this.writes.then(async () => {
+      try {
+        if (await (await spill).write(entry.keys, entry.kv, entry.lastUsed)) {
+          this.counters.spillWrites++;
+          entry.onDisk = true;
+        }
+      } finally {
+        this.pendingWriteBytes -= bytes;
+      }
+    });
+  }
+
+  notePrefilled(positions: number): void {
+    if (positions > 0) this.counters.prefilledPositions += positions;
+  }
+
+  /** Resolves when the spill writes queued so far are done. */
+  async flush(): Promise<void> {
+    await this.writes;
+  }
+
+  stats(): PrefixStoreStats {
+    return {
+      entries: this.entries.size,
+      bytes: this.used,
+      budgetBytes: this.options.budgetBytes,
+      reusedPositions: this.counters.reusedPositions,
+      prefilledPositions: this.counters.prefilledPositions,
+      evictions: this.counters.evictions,
+      spillWrites: this.counters.spillWrites,
+      spillReads: this.counters.spillReads,
+      diskEntries: this.spillState?.count ?? 0,
+      diskBytes: this.spillState?.bytes ?? 0,
+      diskBudgetBytes: this.spill ? (this.options.spill?.budgetBytes ?? 0) : 0,
+      spillErrors: (this.spillState?.writeErrors ?? 0) + this.counters.droppedSpills,
+    };
+  }
+
+  /** Writes what is kept to the spill, most recently used first (the disk keeps them by recency), and releases memory. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const kept = [...this.entries].reverse();
+    this.entries.clear();
+    this.used = 0;
+    if (this.spill) {
+      const spill = await this.spill;
+      await this.writes;
+      for (const entry of kept) {
+        if (entry.onDisk) continue;
+        if (await spill.write(entry.keys, entry.kv, entry.lastUsed)) this.counters.spillWrites++;
+      }
+    }
+  }
+}
+
+export function createKvStore(options: KvStoreOptions): PrefixStore {
+  return new PrefixStore(options);
+}
