@@ -2,8 +2,17 @@
  * Configuration from the environment (and `.env`), validated once at start. Every message
  * names the variable and how to fix it.
  */
+import { config as readDotenv } from 'dotenv';
 import { z } from 'zod';
 import { UserFacingError } from './conversation/errors.ts';
+
+/**
+ * Reads `.env` from the working directory into process.env (variables already set win). The
+ * CLI calls it once before any command runs, so every command sees the same configuration.
+ */
+export function loadDotenvFile(): void {
+  readDotenv({ quiet: true });
+}
 
 const bool = z
   .enum(['1', '0', 'true', 'false', 'yes', 'no', 'on', 'off'])
@@ -84,6 +93,30 @@ export class ConfigError extends UserFacingError {
   }
 }
 
+/** The number schema under a variable's default/optional wrappers, if it is a numeric one. */
+function numberSchema(name: string): z.ZodNumber | undefined {
+  let t: unknown = (configSchema.shape as Record<string, unknown>)[name];
+  while (t && !(t instanceof z.ZodNumber) && typeof (t as { unwrap?: unknown }).unwrap === 'function') t = (t as { unwrap: () => unknown }).unwrap();
+  return t instanceof z.ZodNumber ? t : undefined;
+}
+
+/**
+ * zod's "expected number, received NaN" names neither the accepted range nor an example;
+ * every numeric variable gets one message shape instead: what is accepted, a value that
+ * works, and what was given.
+ */
+function numberProblem(name: string, raw: string | undefined): string | undefined {
+  const n = numberSchema(name);
+  if (!n) return undefined;
+  const min = n.minValue ?? undefined;
+  const max = n.maxValue !== null && n.maxValue < Number.MAX_SAFE_INTEGER ? n.maxValue : undefined;
+  const kind = n.isInt ? 'a whole number' : 'a number';
+  const range = min !== undefined && max !== undefined ? ` from ${min} to ${max}` : min !== undefined ? ` of at least ${min}` : max !== undefined ? ` of at most ${max}` : '';
+  const fallback = (configSchema.parse({}) as Record<string, unknown>)[name];
+  const example = typeof fallback === 'number' ? fallback : name.endsWith('PORT') ? 8080 : Math.max(min ?? 1, 1);
+  return `${name}: expected ${kind}${range}, such as ${example}; got '${raw ?? ''}'`;
+}
+
 /** Parses the environment; empty strings count as unset (as an untouched `.env.example` line). */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const cleaned: Record<string, string> = {};
@@ -93,6 +126,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
       const name = String(issue.path[0]) as keyof Config;
+      const numeric = numberProblem(name, cleaned[name]);
+      if (numeric) {
+        problems.push(numeric);
+        continue;
+      }
       const hint = HINTS[name];
       problems.push(`${name}: ${issue.message}${hint ? ` (${hint})` : ''}`);
     }

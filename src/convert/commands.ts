@@ -30,9 +30,10 @@ export function registerConvertCommands(program: Command): void {
   program
     .command('inspect')
     .description("print a bundle's manifest summary and each graph's inputs and outputs")
-    .argument('<bundle>', 'bundle directory (with fromage.json)')
-    .action(async (bundle: string) => {
+    .argument('[bundle]', 'bundle directory (with fromage.json; default: FROMAGE_BUNDLE)')
+    .action(async (bundle: string | undefined) => {
       const { inspectBundle, formatBundleReport } = await import('./inspect.ts');
-      process.stdout.write(`${formatBundleReport(await inspectBundle(bundle))}\n`);
+      const dir = bundle ?? (await import('../config.ts')).loadConfig().FROMAGE_BUNDLE;
+      process.stdout.write(`${formatBundleReport(await inspectBundle(dir))}\n`);
     });
 }

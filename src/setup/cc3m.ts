@@ -12,7 +12,7 @@ export function cc3mInstructions(checkpointsDir: string, bundleDir?: string): st
     'Image retrieval (optional): the CC3M image index is not downloaded by setup.',
     `  1. Download cc3m_embeddings.pkl (about 3 GB) from the Google Drive link in the FROMAGe README:`,
     `     ${FROMAGE_README}`,
-    `  2. fromage index import cc3m_embeddings.pkl --out ${out}${bundleDir ? ` --bundle ${bundleDir}` : ''}`,
+    `  2. npx fromage index import cc3m_embeddings.pkl --out ${out}${bundleDir ? ` --bundle ${bundleDir}` : ''}`,
     `  3. Add FROMAGE_INDEX=${out} to .env`,
     'Without an index the bot still chats; when the model asks for an image it says why it cannot show one.',
   ].join('\n');

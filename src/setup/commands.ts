@@ -38,8 +38,6 @@ export function registerSetupCommands(program: Command): void {
         throw new SetupError(`--${String(issue.path[0]).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}: ${issue.message}`);
       }
       const opts = parsed.data;
-      const { config: loadDotenv } = await import('dotenv');
-      loadDotenv({ quiet: true });
       const { loadConfig } = await import('../config.ts');
       const config = loadConfig(process.env);
       const { setupOptionsFromConfig } = await import('./from-config.ts');

@@ -1,6 +1,7 @@
 /**
  * What `npm start` does when no bundle exists: run setup when told to (`--yes`,
- * FROMAGE_SETUP_YES=1), ask on a terminal, and otherwise leave it to the caller to explain.
+ * FROMAGE_SETUP_YES=1), ask on a terminal, and otherwise leave it to the caller to explain
+ * (the caller's message is the one the user reads; nothing is logged here on a decline).
  */
 import { existsSync } from 'node:fs';
 import { resolve, join } from 'node:path';
@@ -20,7 +21,9 @@ export interface EnsureBundleOptions {
 
 export interface EnsureBundleDeps {
   ask?: (question: string) => Promise<boolean>;
-  runSetup?: (options: SetupOptions) => Promise<unknown>;
+  runSetup?: (options: SetupOptions) => Promise<{ outcome: string }>;
+  /** Where setup prints its plan (default: stdout). */
+  print?: (line: string) => void;
 }
 
 type BundleConfig = Pick<Config, 'FROMAGE_BUNDLE' | 'FROMAGE_DEVICE' | 'FROMAGE_INDEX' | 'FROMAGE_SETUP_YES' | 'HF_ENDPOINT' | 'HF_TOKEN'>;
@@ -29,7 +32,7 @@ export async function ensureBundle(config: BundleConfig, logger: Logger, options
   const bundle = resolve(config.FROMAGE_BUNDLE);
   if (existsSync(join(bundle, MANIFEST_FILE))) return 'ready';
   const run = deps.runSetup ?? (async (o: SetupOptions) => (await import('./run-setup.ts')).runSetup(o));
-  const setupOptions = setupOptionsFromConfig(config);
+  const setupOptions = setupOptionsFromConfig(config, deps.print ? { print: deps.print } : {});
   if (config.FROMAGE_DEVICE === 'cuda') {
     // Setup builds fp16 for CUDA; say before the download if CUDA will not be there to run it.
     const { checkCudaProvider, cudaFallbackWarning } = await import('./device.ts');
@@ -44,12 +47,10 @@ export async function ensureBundle(config: BundleConfig, logger: Logger, options
   }
   if (options.interactive) {
     const ask = deps.ask ?? ((q: string) => askYesNo(q, false));
-    const go = await ask(`No model bundle at ${bundle}. Download FROMAGe (about 15 GB from ${config.HF_ENDPOINT}) and convert it now?`);
-    if (go) {
-      await run({ ...setupOptions, confirm: undefined });
-      return 'ready';
-    }
+    // Setup plans first (what is already on disk, what the hub serves) and asks with that
+    // plan's real size; a rough figure up front would be wrong for partial or mirrored setups.
+    const r = await run({ ...setupOptions, confirm: (summary) => ask(`No model bundle at ${bundle}. ${summary}`) });
+    return r.outcome === 'cancelled' ? 'declined' : 'ready';
   }
-  logger.info({ bundle }, 'no model bundle and setup not confirmed: run `npx fromage setup`, or start with --yes (FROMAGE_SETUP_YES=1)');
   return 'declined';
 }

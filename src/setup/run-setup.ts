@@ -171,7 +171,7 @@ export async function runSetup(options: SetupOptions): Promise<SetupResult> {
   print(planSummary(items, repos, upstreamDir));
   print(current ? `Bundle ${out} is current.` : `Then convert to ${out} with ${weights} weights (about ${formatBytes(bundleBytes)}).`);
   if (options.dryRun) return { ...result, outcome: 'dry-run' };
-  if (bytesToFetch > 0 && options.confirm && !(await options.confirm(`Download ${formatBytes(bytesToFetch)} and convert?`))) {
+  if (bytesToFetch > 0 && options.confirm && !(await options.confirm(`Download ${formatBytes(bytesToFetch)} from ${options.endpoint} and convert it (${weights})?`))) {
     print('Cancelled; nothing was downloaded.');
     return { ...result, outcome: 'cancelled' };
   }

@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../../src/config.ts';
+import { ConfigError, configSchema, loadConfig } from '../../src/config.ts';
 import { createLogger, redact } from '../../src/log.ts';
 
 describe('configuration', () => {
@@ -23,6 +23,29 @@ describe('configuration', () => {
     expect(() => loadConfig({ HTTP_PORT: 'eighty' })).toThrow(/HTTP_PORT/);
     expect(() => loadConfig({ SLACK_BOT_TOKEN: 'xoxp-user' })).toThrow(/SLACK_BOT_TOKEN: must start with xoxb-/);
     expect(() => loadConfig({ DISCORD_API_BASE: 'ftp://x' })).toThrow(/DISCORD_API_BASE/);
+  });
+
+  it('says what a numeric variable accepts, with an example, for every numeric variable', () => {
+    const problemFor = (name: string, value: string): string | undefined => {
+      try {
+        loadConfig({ [name]: value });
+        return undefined;
+      } catch (e) {
+        return (e as ConfigError).problems.find((p) => p.startsWith(`${name}:`));
+      }
+    };
+    expect(problemFor('FROMAGE_USER_RATE', 'abc')).toBe("FROMAGE_USER_RATE: expected a number from 0.01 to 1000, such as 6; got 'abc'");
+    expect(problemFor('FROMAGE_QUEUE_LIMIT', '2.5')).toBe("FROMAGE_QUEUE_LIMIT: expected a whole number from 1 to 100000, such as 50; got '2.5'");
+    expect(problemFor('HTTP_PORT', '99999')).toBe("HTTP_PORT: expected a whole number from 1 to 65535, such as 8080; got '99999'");
+    // Every variable whose default is a number, or that is a port, gets the same shape for 'abc'.
+    const defaults = loadConfig({}) as Record<string, unknown>;
+    const numeric = Object.keys(configSchema.shape).filter((k) => typeof defaults[k] === 'number' || k.endsWith('_PORT') || problemFor(k, 'abc')?.includes('number'));
+    expect(numeric.length).toBeGreaterThanOrEqual(10);
+    for (const name of numeric) {
+      const p = problemFor(name, 'abc');
+      expect(p, name).toMatch(new RegExp(`^${name}: expected a (whole )?number.*, such as \\d[\\d.]*; got 'abc'$`));
+      expect(p, name).not.toMatch(/NaN|received/);
+    }
   });
 
   it('reports missing companions of a credential', () => {

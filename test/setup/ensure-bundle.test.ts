@@ -1,10 +1,12 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ensureBundle } from '../../src/setup/ensure-bundle.ts';
-import type { SetupOptions } from '../../src/setup/run-setup.ts';
+import { runSetup, type SetupOptions } from '../../src/setup/run-setup.ts';
+import { FakeHub, fixtureRepos } from './fake-hub.ts';
 
 let work: string;
 const logger = pino({ level: 'silent' });
@@ -41,27 +43,52 @@ describe('ensureBundle (npm start without a bundle)', () => {
   it('runs setup without asking on --yes or FROMAGE_SETUP_YES, into the configured bundle', async () => {
     for (const [c, yes] of [[config(), true], [config({ FROMAGE_SETUP_YES: true }), false]] as const) {
       const runs: SetupOptions[] = [];
-      const outcome = await ensureBundle(c, logger, { interactive: false, yes }, { runSetup: async (o) => runs.push(o) });
+      const outcome = await ensureBundle(c, logger, { interactive: false, yes }, { runSetup: async (o) => (runs.push(o), { outcome: 'done' }) });
       expect(outcome).toBe('ready');
       expect(runs).toHaveLength(1);
       expect(runs[0]).toMatchObject({ out: c.FROMAGE_BUNDLE, dir: join(work, 'checkpoints'), device: 'cpu', endpoint: 'http://127.0.0.1:9', showIndexHelp: true });
     }
   });
 
-  it('asks on a terminal and runs setup on yes, declines on no', async () => {
-    const runs: SetupOptions[] = [];
-    const questions: string[] = [];
-    const yes = await ensureBundle(config(), logger, { interactive: true, yes: false }, { ask: async (q) => (questions.push(q), true), runSetup: async (o) => runs.push(o) });
-    expect(yes).toBe('ready');
-    expect(questions[0]).toMatch(/No model bundle at .*fromage-opt-6\.7b\. Download FROMAGe \(about 15 GB from http:\/\/127\.0\.0\.1:9\)/);
-    const no = await ensureBundle(config(), logger, { interactive: true, yes: false }, { ask: async () => false, runSetup: async (o) => runs.push(o) });
-    expect(no).toBe('declined');
-    expect(runs).toHaveLength(1);
+  it("asks on a terminal with the plan's real download size, runs setup on yes, declines on no", async () => {
+    const hub = new FakeHub(fixtureRepos());
+    await hub.start();
+    try {
+      const c = { ...config(), HF_ENDPOINT: hub.endpoint };
+      const questions: string[] = [];
+      const printed: string[] = [];
+      const no = await ensureBundle(c, logger, { interactive: true, yes: false }, { ask: async (q) => (questions.push(q), false), print: (l) => printed.push(l) });
+      expect(no).toBe('declined');
+      // The size comes from the hub's listing of the pinned files, not a fixed guess.
+      expect(questions).toEqual([`No model bundle at ${c.FROMAGE_BUNDLE}. Download 722.2 KiB from ${hub.endpoint} and convert it (int4)?`]);
+      expect(hub.downloads()).toEqual([]);
+      expect(printed.join('\n')).toMatch(/Upstream files in /);
+
+      const runs: SetupOptions[] = [];
+      const yes = await ensureBundle(c, logger, { interactive: true, yes: false }, {
+        ask: async () => true,
+        // The real setup with the converter left out: it asks through the given question, then downloads.
+        runSetup: async (o) => (runs.push(o), runSetup({ ...o, convert: undefined, print: () => {}, progress: () => ({ update() {}, increment() {}, setTotal() {}, stop() {} }) }).catch(() => ({ outcome: 'done' }))),
+      });
+      expect(yes).toBe('ready');
+      expect(runs).toHaveLength(1);
+      expect(hub.downloads().length).toBeGreaterThan(0);
+    } finally {
+      await hub.stop();
+    }
+  });
+
+  it('logs nothing when setup is declined: the caller prints the one explanation', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({ write: (chunk: Buffer, _e, cb) => (lines.push(chunk.toString()), cb()) });
+    const outcome = await ensureBundle(config(), pino({ level: 'trace' }, sink), { interactive: false, yes: false });
+    expect(outcome).toBe('declined');
+    expect(lines).toEqual([]);
   });
 
   it('declines without a terminal or --yes, and never starts a 15 GB download on its own', async () => {
     const runs: SetupOptions[] = [];
-    const outcome = await ensureBundle(config(), logger, { interactive: false, yes: false }, { runSetup: async (o) => runs.push(o) });
+    const outcome = await ensureBundle(config(), logger, { interactive: false, yes: false }, { runSetup: async (o) => (runs.push(o), { outcome: 'done' }) });
     expect(outcome).toBe('declined');
     expect(runs).toEqual([]);
   });

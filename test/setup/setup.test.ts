@@ -86,7 +86,8 @@ describe('fromage setup against a fake hub', () => {
     ]);
     expect(existsSync(join(work, 'checkpoints', 'bundle', 'fromage.json'))).toBe(true);
     expect(existsSync(join(work, 'checkpoints', 'bundle.incomplete'))).toBe(false);
-    expect(printed.join('\n')).toMatch(/fromage index import cc3m_embeddings\.pkl/);
+    // The same command the README gives, runnable as printed from a clone (npx finds the bin).
+    expect(printed.join('\n')).toMatch(/ {2}2\. npx fromage index import cc3m_embeddings\.pkl --out /);
   });
 
   it('picks fp16 on CUDA and the 4-visual-token checkpoint when asked', async () => {
@@ -188,7 +189,7 @@ describe('fromage setup against a fake hub', () => {
     const questions: string[] = [];
     const result = await runSetup(options({ confirm: async (q) => (questions.push(q), false) }));
     expect(result.outcome).toBe('cancelled');
-    expect(questions[0]).toMatch(/^Download 722\.2 KiB and convert\?$/);
+    expect(questions[0]).toBe(`Download 722.2 KiB from ${hub.endpoint} and convert it (int4)?`);
     expect(hub.downloads()).toEqual([]);
     expect(converted).toEqual([]);
   });
