@@ -1,8 +1,9 @@
 /**
  * FromageEngine: the Engine the service uses. The model runs in a worker thread (loaded once,
- * reused across jobs) so the event loop never blocks. Jobs run one at a time. If the worker
- * dies mid-job (crash, out of memory, restartWorker), that job fails with a message and the
- * next job starts a fresh worker.
+ * reused across jobs) so the event loop never blocks. Jobs go to the worker as they come: it
+ * decodes up to `batch` answers together and queues the rest (the scheduler bounds how many it
+ * hands over). If the worker dies (crash, out of memory, restartWorker), the jobs in flight fail
+ * with a message and the next job starts a fresh worker.
  */
 import { randomInt } from 'node:crypto';
 import { join } from 'node:path';
@@ -12,6 +13,7 @@ import { EngineInputError, type ChatResult, type Engine, type EngineInfo, type G
 import { BundleError, CancelledError } from './errors.ts';
 import type { FromWorker, JobRequest, JobResult, WireError, WireImage, WorkerInit, WorkerInfo } from './worker-protocol.ts';
 import { Tokenizer } from './tokenizer/tokenizer.ts';
+import { KvBudgetError } from '../serving/kv-config.ts';
 
 export interface EngineOptions extends WorkerInit {
   /** The worker script (tests substitute one); default worker-entry.mjs next to this file. */
@@ -45,6 +47,8 @@ function fromWire(e: WireError): Error {
       return new BundleError(e.message);
     case 'CancelledError':
       return new CancelledError(e.message);
+    case 'KvBudgetError':
+      return new KvBudgetError(e.message);
     default: {
       const err = new Error(e.message);
       err.name = e.name;
@@ -82,7 +86,8 @@ interface LiveWorker {
 export class FromageEngine implements Engine {
   private live: LiveWorker | undefined;
   private nextId = 1;
-  private queue: Promise<unknown> = Promise.resolve();
+  /** A replacement worker being started: concurrent jobs wait for the same one. */
+  private spawning: Promise<LiveWorker> | undefined;
   private closed = false;
 
   private constructor(
@@ -163,34 +168,39 @@ export class FromageEngine implements Engine {
 
   private async worker(): Promise<LiveWorker> {
     if (this.closed) throw new EngineWorkerError('the engine is closed');
-    if (!this.live || this.live.dead) {
-      this.live = undefined;
-      this.live = await FromageEngine.spawn(this.options);
-      this.info = FromageEngine.toInfo(this.live.info);
+    if (this.live && !this.live.dead) return this.live;
+    this.live = undefined;
+    if (!this.spawning) {
+      this.spawning = FromageEngine.spawn(this.options).finally(() => (this.spawning = undefined));
+      const live = await this.spawning;
+      if (this.closed) {
+        this.retire(live, 'the engine was closed');
+        throw new EngineWorkerError('the engine is closed');
+      }
+      this.live = live;
+      this.info = FromageEngine.toInfo(live.info);
+      return live;
     }
-    return this.live;
+    await this.spawning;
+    return this.worker();
   }
 
-  /** Runs jobs one at a time, in call order. */
-  private submit(job: JobRequest, options: RunOptions = {}): Promise<JobResult> {
-    const run = async (): Promise<JobResult> => {
-      if (options.signal?.aborted) throw new CancelledError();
-      const live = await this.worker();
-      const id = this.nextId++;
-      return new Promise<JobResult>((resolve, reject) => {
-        const onAbort = (): void => live.worker.postMessage({ type: 'cancel', id });
-        options.signal?.addEventListener('abort', onAbort, { once: true });
-        const done = <T>(f: (v: T) => void) => (v: T): void => {
-          options.signal?.removeEventListener('abort', onAbort);
-          f(v);
-        };
-        live.pending.set(id, { resolve: done(resolve), reject: done(reject), onText: options.onText });
-        live.worker.postMessage({ type: 'job', id, job });
-      });
-    };
-    const result = this.queue.then(run, run);
-    this.queue = result.catch(() => undefined);
-    return result;
+  /** Hands a job to the worker at once; the worker batches or queues it. */
+  private async submit(job: JobRequest, options: RunOptions = {}): Promise<JobResult> {
+    if (options.signal?.aborted) throw new CancelledError();
+    const live = await this.worker();
+    if (options.signal?.aborted) throw new CancelledError();
+    const id = this.nextId++;
+    return new Promise<JobResult>((resolve, reject) => {
+      const onAbort = (): void => live.worker.postMessage({ type: 'cancel', id });
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      const done = <T>(f: (v: T) => void) => (v: T): void => {
+        options.signal?.removeEventListener('abort', onAbort);
+        f(v);
+      };
+      live.pending.set(id, { resolve: done(resolve), reject: done(reject), onText: options.onText });
+      live.worker.postMessage({ type: 'job', id, job });
+    });
   }
 
   async countTokens(text: string): Promise<number> {
@@ -279,6 +289,12 @@ export interface OpenEngineOptions {
   /** Retrieved images are cached under `<dataDir>/image-cache`. */
   readonly dataDir: string;
   readonly fetchAllow: readonly string[];
+  /** FROMAGE_BATCH. */
+  readonly batch?: number;
+  /** FROMAGE_KV_CACHE_MB, FROMAGE_KV_DISK_MB, FROMAGE_KV_CODEC; spilled caches go to `<dataDir>/kv`. */
+  readonly kvCacheMb?: number;
+  readonly kvDiskMb?: number;
+  readonly kvCodec?: WorkerInit['kvCodec'];
   readonly logger?: { warn: (msg: string) => void; info: (msg: string) => void };
 }
 
@@ -291,6 +307,11 @@ export function openEngine(o: OpenEngineOptions): Promise<FromageEngine> {
     fetch: true,
     fetchAllow: o.fetchAllow,
     imageCacheDir: join(o.dataDir, 'image-cache'),
+    batch: o.batch,
+    kvCacheMb: o.kvCacheMb,
+    kvDiskMb: o.kvDiskMb,
+    kvCodec: o.kvCodec,
+    kvDir: join(o.dataDir, 'kv'),
     onLog: (level, message) => (o.logger ? o.logger[level](message) : console.warn(message)),
   });
 }

@@ -4,7 +4,8 @@
  * resolution through a RetrievalBackend. Returns everything the reference records, so the
  * oracle can check each stage.
  */
-import { checkContext, generateTokens, promptEmbeddings } from './generate.ts';
+import { checkContext, generateTokens, promptEmbeddings, type TokenGenerator } from './generate.ts';
+import { promptPositionKeys } from '../serving/position-keys.ts';
 import type { FromageGraphs } from './graphs.ts';
 import { postProcess, truncateAtNewline, newlineTruncIndex } from './postprocess.ts';
 import { assemblePrompt, type AssembledPrompt, type PromptPiece } from './prompt.ts';
@@ -71,12 +72,19 @@ export interface FromageContext {
   readonly tokenizer: Tokenizer;
   readonly manifest: Manifest;
   readonly retrieval?: RetrievalBackend;
+  /** Where the tokens come from; default generateTokens on `graphs` (a batcher's row in the worker). */
+  readonly generate?: TokenGenerator;
 }
 
 export interface FromageCallbacks {
   readonly signal?: AbortSignal;
   readonly onToken?: (ids: readonly number[]) => void;
   readonly recordLogits?: boolean;
+  /**
+   * The identity of each image piece, in order (src/serving/position-keys.ts imageIdentity):
+   * with them the generator learns what every prompt position holds and may reuse a kept prefix.
+   */
+  readonly imageIdentities?: readonly string[];
 }
 
 export async function generateForImagesAndTexts(ctx: FromageContext, pieces: readonly PromptPiece[], settings: Partial<FromageSettings>, cb: FromageCallbacks = {}): Promise<FromageResult> {
@@ -101,11 +109,12 @@ export async function generateForImagesAndTexts(ctx: FromageContext, pieces: rea
       return pos < prompt.length ? all.slice(pos * E, (pos + 1) * E) : undefined;
     };
   } else {
-    const gen = await generateTokens(
-      graphs,
+    const generate: TokenGenerator = ctx.generate ?? ((p, gs, gcb) => generateTokens(graphs, p, gs, gcb));
+    const keys = cb.imageIdentities ? promptPositionKeys(prompt.segments, cb.imageIdentities) : undefined;
+    const gen = await generate(
       prompt,
       { numWords: s.numWords, seed: s.seed, maxPositions, retId, retScaleFactor: s.retScaleFactor, minWordTokens: s.minWordTokens, temperature: s.temperature, topP: s.topP },
-      cb,
+      { signal: cb.signal, onToken: cb.onToken, recordLogits: cb.recordLogits, keys },
     );
     generatedIdsFull = gen.ids;
     stepLogits = gen.stepLogits;

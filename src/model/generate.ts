@@ -7,29 +7,27 @@ import { EngineInputError } from './engine-api.ts';
 import { throwIfAborted } from './errors.ts';
 import type { FromageGraphs } from './graphs.ts';
 import type { AssembledPrompt } from './prompt.ts';
-import { chooseToken, SeededRandom, type TokenChoiceSettings } from './sampling.ts';
+import { chooseToken, SeededRandom } from './sampling.ts';
+import type { PositionKey } from '../serving/kv-types.ts';
+import { Sequence, type Generated, type SequenceCallbacks, type SequenceSettings } from '../serving/sequence.ts';
 
-export interface GenerateSettings extends TokenChoiceSettings {
-  readonly numWords: number;
-  readonly seed: number;
+export interface GenerateSettings extends SequenceSettings {
   /** Decoder positions (OPT: 2048). */
   readonly maxPositions: number;
 }
 
-export interface GenerateCallbacks {
-  readonly signal?: AbortSignal;
-  /** Called after each token with every id generated so far. */
-  readonly onToken?: (ids: readonly number[]) => void;
-  /** Keep each step's raw logits (tests, benchmarks). */
-  readonly recordLogits?: boolean;
+export interface GenerateCallbacks extends SequenceCallbacks {
+  /**
+   * What each prompt position holds (src/serving/position-keys.ts): lets a generator that keeps
+   * caches (src/serving/batcher.ts) reuse a common prefix. Ignored by generateTokens.
+   */
+  readonly keys?: readonly PositionKey[];
 }
 
-export interface Generated {
-  readonly ids: number[];
-  /** Per generated token, its normalized [RET] embedding (undefined for a final token that is not [RET]). */
-  readonly embeddings: (Float32Array | undefined)[];
-  readonly stepLogits: Float32Array[];
-}
+export type { Generated } from '../serving/sequence.ts';
+
+/** How FROMAGe semantics get their tokens: generateTokens alone, or a batcher's row. */
+export type TokenGenerator = (prompt: AssembledPrompt, s: GenerateSettings, cb: GenerateCallbacks) => Promise<Generated>;
 
 /** Refuses prompts the decoder cannot hold, before any graph runs. */
 export function checkContext(promptLength: number, numWords: number, maxPositions: number): void {
@@ -47,32 +45,18 @@ export function checkContext(promptLength: number, numWords: number, maxPosition
 
 export async function generateTokens(graphs: FromageGraphs, prompt: AssembledPrompt, s: GenerateSettings, cb: GenerateCallbacks = {}): Promise<Generated> {
   checkContext(prompt.length, s.numWords, s.maxPositions);
-  const rng = new SeededRandom(s.seed);
-  const ids: number[] = [];
-  const embeddings: (Float32Array | undefined)[] = [];
-  const stepLogits: Float32Array[] = [];
   throwIfAborted(cb.signal);
+  const seq = new Sequence(s, cb);
   const cache = graphs.emptyCache();
   // The answer's length is bounded up front: one allocation, no growth copies mid-answer.
   cache.preallocate(prompt.length + s.numWords);
-  let step = await graphs.decode(prompt.embeds, cache, 1, cb.signal);
-  for (let i = 0; i < s.numWords; i++) {
-    throwIfAborted(cb.signal);
-    if (cb.recordLogits) stepLogits.push(step.logits);
-    const token = chooseToken(step.logits, i, s, rng);
-    ids.push(token);
-    cb.onToken?.(ids);
-    const last = i === s.numWords - 1;
-    // FROMAGe never feeds the last token back (and raises if it is [RET]); we do it only for
-    // [RET], so that one gets its embedding too.
-    if (last && token !== s.retId) {
-      embeddings.push(undefined);
-      break;
-    }
-    step = await graphs.decode(await graphs.embedTokens([token]), cache, 1);
-    embeddings.push(step.retEmbeddings.slice(0, graphs.embDim));
+  const step = await graphs.decode(prompt.embeds, cache, 1, cb.signal);
+  let token = seq.advance(step.logits);
+  while (token !== undefined) {
+    const fed = await graphs.decode(await graphs.embedTokens([token]), cache, 1);
+    token = seq.advance(fed.logits, fed.retEmbeddings.slice(0, graphs.embDim));
   }
-  return { ids, embeddings, stepLogits };
+  return seq.result();
 }
 
 /** num_words = 0: normalized embeddings of every prompt position (position x shared_emb_dim). */

@@ -1,7 +1,8 @@
 /**
- * Typed calls into the bundle's three graphs (I/O contract: checkpoints/README.md). Batch is
- * always 1 here; the decoder's KV cache is a caller-owned KvCache that each decode call reads
- * in place and extends with the new positions.
+ * Typed calls into the bundle's three graphs (I/O contract: checkpoints/README.md). `decode` is
+ * batch 1: the decoder's KV cache is a caller-owned KvCache that each call reads in place and
+ * extends with the new positions. `decodeStep` runs one new position for each row of a batched
+ * cache (src/serving/slot-pool.ts).
  */
 import * as ort from 'onnxruntime-node';
 import type { Bundle } from './bundle.ts';
@@ -18,6 +19,25 @@ export interface VisionOutput {
   readonly visualEmbs: Float32Array;
   /** shared_emb_dim, raw (unnormalized) retrieval embedding. */
   readonly retEmb: Float32Array;
+}
+
+/**
+ * Runs one decoder call with exclusive use of the decoder (src/serving/batcher.ts), so a long
+ * prefill's chunks take turns with the decode steps of the rows already answering.
+ */
+export type DecoderGate = <T>(call: () => Promise<T>) => Promise<T>;
+
+/** Several sequences' caches in one set of buffers, one new position per row per step. */
+export interface BatchedCache {
+  readonly rows: number;
+  /** past_key_values.* of the rows, [rows, heads, capacity, headDim]. */
+  feeds(): Record<string, ort.Tensor>;
+  /** [rows, capacity + 1]: each row's filled slots and its new position 1, the rest 0. */
+  attentionMask(): ort.Tensor;
+  /** [rows, 1]: each row's filled length. */
+  positionIds(): ort.Tensor;
+  /** Stores the step's new_key_values ([rows, heads, 1, headDim] each) after each row's filled slots. */
+  append(newKv: readonly Float32Array[]): void;
 }
 
 export interface DecoderOutput {
@@ -42,11 +62,14 @@ export class FromageGraphs {
    */
   readonly prefillChunk: number;
 
+  private readonly gate: DecoderGate;
+
   constructor(
     private readonly bundle: Bundle,
-    options: { prefillChunk?: number } = {},
+    private readonly options: { prefillChunk?: number; gate?: DecoderGate } = {},
   ) {
     this.prefillChunk = options.prefillChunk ?? DEFAULT_PREFILL_CHUNK;
+    this.gate = options.gate ?? ((call) => call());
     const m = bundle.manifest.model;
     this.hidden = m.hidden_size;
     this.vocab = m.vocab_size;
@@ -54,6 +77,11 @@ export class FromageGraphs {
     this.layers = m.num_layers;
     this.heads = m.num_heads;
     this.headDim = m.head_dim;
+  }
+
+  /** The same graphs, every decoder call of `decode` taken through `gate`. */
+  withGate(gate: DecoderGate): FromageGraphs {
+    return new FromageGraphs(this.bundle, { ...this.options, gate });
   }
 
   get nVisualTokens(): number {
@@ -104,7 +132,32 @@ export class FromageGraphs {
     return { logits: concat(logits), retEmbeddings: concat(rets) };
   }
 
-  private async decodeOnce(embeds: Float32Array, cache: KvCache, keep: number): Promise<DecoderOutput> {
+  /**
+   * One decoder call for all rows of `cache`: `embeds` is rows x hidden (each row's next input),
+   * at each row's own position. Returns rows x vocab logits and rows x shared_emb_dim [RET]
+   * embeddings. Not gated: the batcher calls it inside its gate.
+   */
+  async decodeStep(embeds: Float32Array, cache: BatchedCache): Promise<DecoderOutput> {
+    const rows = cache.rows;
+    if (embeds.length !== rows * this.hidden) throw new RangeError(`expected ${rows} x ${this.hidden} input embeddings, got ${embeds.length} values`);
+    const out = await this.bundle.decoder.run({
+      inputs_embeds: new ort.Tensor('float32', embeds, [rows, 1, this.hidden]),
+      attention_mask: cache.attentionMask(),
+      position_ids: cache.positionIds(),
+      num_logits_to_keep: new ort.Tensor('int64', BigInt64Array.of(1n), []),
+      ...cache.feeds(),
+    });
+    const fresh: Float32Array[] = [];
+    for (let i = 0; i < this.layers; i++) fresh.push(out[`new_key_values.${i}.key`].data as Float32Array, out[`new_key_values.${i}.value`].data as Float32Array);
+    cache.append(fresh);
+    return { logits: copy(out.logits), retEmbeddings: copy(out.ret_embeddings) };
+  }
+
+  private decodeOnce(embeds: Float32Array, cache: KvCache, keep: number): Promise<DecoderOutput> {
+    return this.gate(() => this.decodeOnceUngated(embeds, cache, keep));
+  }
+
+  private async decodeOnceUngated(embeds: Float32Array, cache: KvCache, keep: number): Promise<DecoderOutput> {
     const seq = embeds.length / this.hidden;
     // Grow before the call so the append afterwards lands in place.
     cache.reserve(seq);

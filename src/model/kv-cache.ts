@@ -7,6 +7,7 @@
  * Contract: checkpoints/README.md.
  */
 import * as ort from 'onnxruntime-node';
+import type { KvReader, KvWriter } from '../serving/kv-types.ts';
 
 export interface KvCacheShape {
   readonly layers: number;
@@ -19,14 +20,14 @@ export interface KvCacheShape {
 /** Smallest capacity allocated: short chats grow a few times at most. */
 export const MIN_CACHE_CAPACITY = 64;
 
-export class KvCache {
+export class KvCache implements KvReader, KvWriter {
   /** Filled positions (slots [0, length) of every buffer). */
   private filled = 0;
   private cap = 0;
   /** 2 per layer: key, value; each heads x cap x headDim. */
   private buffers: Float32Array[];
 
-  constructor(private readonly shape: KvCacheShape) {
+  constructor(readonly shape: KvCacheShape) {
     this.buffers = Array.from({ length: shape.layers * 2 }, () => new Float32Array(0));
   }
 
@@ -75,6 +76,31 @@ export class KvCache {
       return next;
     });
     this.cap = cap;
+  }
+
+  /** KvReader: positions [from, to) of tensor `j`, head `h`, as a view (copy before keeping it). */
+  read(j: number, h: number, from: number, to: number): Float32Array {
+    if (from < 0 || to > this.filled || from > to) throw new RangeError(`cannot read positions [${from}, ${to}) of a cache holding ${this.filled}`);
+    const base = h * this.cap * this.shape.headDim;
+    return this.buffers[j].subarray(base + from * this.shape.headDim, base + to * this.shape.headDim);
+  }
+
+  /** KvWriter: only inside restorePrefix, which has made room and sets the length afterwards. */
+  write(j: number, h: number, at: number, values: Float32Array): void {
+    const { headDim } = this.shape;
+    if (at < 0 || at * headDim + values.length > this.cap * headDim) throw new RangeError(`cannot write ${values.length / headDim} positions at ${at} into a cache with room for ${this.cap}`);
+    this.buffers[j].set(values, (h * this.cap + at) * headDim);
+  }
+
+  /**
+   * Fills an empty cache with `length` kept positions (a prefix store's copyInto writes them
+   * through the KvWriter view); the prompt's remaining positions are then decoded after them.
+   */
+  async restorePrefix(length: number, copy: (into: KvWriter) => Promise<void>): Promise<void> {
+    if (this.filled !== 0) throw new RangeError(`a prefix can only be restored into an empty cache (this one holds ${this.filled})`);
+    this.preallocate(Math.max(length, this.cap));
+    await copy(this);
+    this.filled = length;
   }
 
   /**

@@ -12,6 +12,9 @@ import { preprocessImage, type LoadMode } from './preprocess.ts';
 import type { PromptPiece } from './prompt.ts';
 import type { RetrievalBackend } from './retrieval-backend.ts';
 import type { SessionOptions } from './session.ts';
+import { Batcher, type BatcherStats } from '../serving/batcher.ts';
+import type { KvStore } from '../serving/kv-types.ts';
+import { imageIdentity } from '../serving/position-keys.ts';
 
 export type RuntimeItem =
   | { readonly type: 'text'; readonly text: string }
@@ -24,9 +27,19 @@ export interface RuntimeOptions extends SessionOptions {
   readonly maxImagePixels?: number;
 }
 
+/** How the worker serves several conversations (src/serving). */
+export interface ServingOptions {
+  /** Answers decoded together (FROMAGE_BATCH). */
+  readonly batch: number;
+  /** Kept KV caches reused across turns and conversations. */
+  readonly store?: KvStore;
+  readonly warn?: (message: string) => void;
+}
+
 export class FromageRuntime {
   readonly graphs: FromageGraphs;
   private readonly visualCache = new Map<string, VisionOutput>();
+  private batcher: Batcher | undefined;
 
   private constructor(
     readonly bundle: Bundle,
@@ -44,6 +57,25 @@ export class FromageRuntime {
     return this.retrieval !== undefined;
   }
 
+  /**
+   * From now on answers decode in a shared batch (several jobs may run at once) and every
+   * decoder call takes its turn with the batch's steps; with a store, prompts reuse kept prefixes.
+   */
+  enableServing(o: ServingOptions): void {
+    if (this.batcher) throw new Error('serving is already enabled');
+    const m = this.bundle.manifest.model;
+    this.batcher = new Batcher({ graphs: this.graphs, maxRows: o.batch, maxPositions: m.max_positions, store: o.store, warn: o.warn });
+  }
+
+  servingStats(): BatcherStats | undefined {
+    return this.batcher?.stats();
+  }
+
+  /** The graphs decoder calls go through: gated by the batcher once serving is enabled. */
+  private get decodeGraphs(): FromageGraphs {
+    return this.batcher?.graphs ?? this.graphs;
+  }
+
   setRetrieval(backend: RetrievalBackend | undefined): void {
     this.retrieval = backend;
   }
@@ -55,7 +87,7 @@ export class FromageRuntime {
 
   /** Preprocesses and encodes an image, cached by content hash (and load mode). */
   async encodeImage(data: Buffer, hash?: string, load: LoadMode = 'convert_rgb'): Promise<VisionOutput> {
-    const key = `${hash ?? createHash('sha256').update(data).digest('hex')}:${load}`;
+    const key = `${hash ?? sha256(data)}:${load}`;
     const hit = this.visualCache.get(key);
     if (hit) {
       // Refresh its place in the LRU order.
@@ -84,8 +116,9 @@ export class FromageRuntime {
   }
 
   async generate(items: readonly RuntimeItem[], settings: Partial<FromageSettings>, cb: FromageCallbacks = {}): Promise<FromageResult> {
-    const ctx = { graphs: this.graphs, tokenizer: this.bundle.tokenizer, manifest: this.bundle.manifest, retrieval: this.retrieval };
-    return generateForImagesAndTexts(ctx, await this.pieces(items), settings, cb);
+    const ctx = { graphs: this.decodeGraphs, tokenizer: this.bundle.tokenizer, manifest: this.bundle.manifest, retrieval: this.retrieval, generate: this.batcher?.generate };
+    const imageIdentities = items.flatMap((i) => (i.type === 'image' ? [imageIdentity(i.hash ?? sha256(i.data), i.load)] : []));
+    return generateForImagesAndTexts(ctx, await this.pieces(items), settings, { imageIdentities, ...cb });
   }
 
   /** A retrieval prompt: the query with a trailing [RET] (added when absent), num_words 0. */
@@ -95,11 +128,16 @@ export class FromageRuntime {
   }
 
   async logLikelihood(items: readonly RuntimeItem[]): Promise<number> {
-    return logLikelihood(this.graphs, this.bundle.tokenizer, await this.pieces(items), this.bundle.manifest.model.max_positions);
+    return logLikelihood(this.decodeGraphs, this.bundle.tokenizer, await this.pieces(items), this.bundle.manifest.model.max_positions);
   }
 
   async close(): Promise<void> {
+    await this.batcher?.close();
     await this.retrieval?.close();
     await this.bundle.release();
   }
+}
+
+function sha256(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
 }

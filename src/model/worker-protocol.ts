@@ -2,6 +2,7 @@
 import type { LoadMode } from './preprocess.ts';
 import type { Device } from './session.ts';
 import type { FromageSettings } from './fromage.ts';
+import type { KvCodecName } from '../serving/kv-codec.ts';
 
 export interface WorkerInit {
   readonly bundleDir: string;
@@ -14,6 +15,15 @@ export interface WorkerInit {
   readonly fetch: boolean;
   readonly fetchAllow?: readonly string[];
   readonly imageCacheDir?: string;
+  /** Answers decoded together in one batch (FROMAGE_BATCH); default 1. */
+  readonly batch?: number;
+  /** Memory for kept KV caches in MiB (FROMAGE_KV_CACHE_MB): undefined = the default from the machine's memory, 0 = no reuse. */
+  readonly kvCacheMb?: number;
+  /** Disk for spilled KV caches in MiB (FROMAGE_KV_DISK_MB); no spill without kvDir. */
+  readonly kvDiskMb?: number;
+  readonly kvCodec?: KvCodecName;
+  /** Where spilled KV caches live (`<FROMAGE_DATA_DIR>/kv`). */
+  readonly kvDir?: string;
 }
 
 export interface WorkerInfo {

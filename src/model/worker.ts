@@ -1,13 +1,19 @@
 /**
- * The model worker thread: owns one FromageRuntime and runs the engine's jobs one at a time,
- * so inference never blocks the bot's event loop. Started through worker-entry.mjs.
+ * The model worker thread: owns one FromageRuntime, so inference never blocks the bot's event
+ * loop. Jobs run as they arrive: chat answers share the runtime's batch (up to `batch` decode
+ * together, more wait for a row) and every decoder call takes its turn at the batcher's gate.
+ * Started through worker-entry.mjs.
  */
+import { dirname } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { ImageInputError } from '../conversation/types.ts';
 import { openIndexBackend } from './index-backend.ts';
 import { FromageRuntime, type RuntimeItem } from './runtime.ts';
 import { segments, wireImages } from './reply-segments.ts';
 import type { FromWorker, JobItem, JobRequest, JobResult, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
+import type { KvStore } from '../serving/kv-types.ts';
+import { kvStoreSetup } from '../serving/kv-config.ts';
+import { createKvStore, DEFAULT_KV_CODEC } from '../serving/prefix-store.ts';
 
 const port = parentPort;
 if (!port) throw new Error('worker.ts must run in a worker thread');
@@ -23,6 +29,21 @@ export function toWireError(err: unknown): WireError {
 
 function items(list: readonly JobItem[]): RuntimeItem[] {
   return list.map((i) => (i.type === 'text' ? i : { type: 'image', data: Buffer.from(i.data.buffer, i.data.byteOffset, i.data.byteLength), hash: i.hash, load: i.load }));
+}
+
+/** The kept-cache store the configuration asks for (its start line goes to the log); undefined when reuse is off. */
+function openStore(init: WorkerInit, runtime: FromageRuntime): KvStore | undefined {
+  const m = runtime.bundle.manifest;
+  const dir = init.kvDir ?? '';
+  const { options, description } = kvStoreSetup(
+    { FROMAGE_KV_CACHE_MB: init.kvCacheMb, FROMAGE_KV_DISK_MB: init.kvDir ? (init.kvDiskMb ?? 0) : 0, FROMAGE_KV_CODEC: init.kvCodec ?? DEFAULT_KV_CODEC, FROMAGE_DATA_DIR: dirname(dir) },
+    { id: m.id, shape: { layers: m.model.num_layers, heads: m.model.num_heads, headDim: m.model.head_dim }, maxPositions: m.model.max_positions },
+  );
+  // kv-config names the spill directory `<data dir>/kv`; the worker is given it whole.
+  const spill = options.spill && init.kvDir ? { ...options.spill, dir: init.kvDir } : undefined;
+  send({ type: 'log', level: 'info', message: description });
+  if (options.budgetBytes === 0) return undefined;
+  return createKvStore({ ...options, spill, warn: (message) => send({ type: 'log', level: 'warn', message }) });
 }
 
 async function main(): Promise<void> {
@@ -43,9 +64,11 @@ async function main(): Promise<void> {
           logitScale: runtime.bundle.manifest.model.logit_scale,
           fetch: init.fetch,
           fetcher: { allow: init.fetchAllow, cacheDir: init.imageCacheDir },
+          warn: (message) => send({ type: 'log', level: 'warn', message }),
         }),
       );
     }
+    runtime.enableServing({ batch: init.batch ?? 1, store: openStore(init, runtime), warn: (message) => send({ type: 'log', level: 'warn', message }) });
   } catch (err) {
     send({ type: 'init-error', error: toWireError(err) });
     return;
@@ -74,25 +97,29 @@ async function main(): Promise<void> {
       }
     }
   };
-  // Jobs run one after another; a cancel for a queued or running job aborts it between steps.
-  let chain: Promise<void> = Promise.resolve();
+  // Jobs run concurrently (the batcher bounds what decodes at once); a cancel aborts the job
+  // between steps.
+  const inFlight = new Set<Promise<void>>();
+  let closing = false;
   port!.on('message', (msg: ToWorker) => {
     if (msg.type === 'cancel') {
       running.get(msg.id)?.abort();
       return;
     }
     if (msg.type === 'shutdown') {
+      closing = true;
       for (const ctl of running.values()) ctl.abort();
-      // Exit only after the current job has unwound: no onnxruntime call is in flight then.
-      void chain.then(async () => {
+      // Exit only after every job has unwound: no onnxruntime call is in flight then.
+      void Promise.allSettled([...inFlight]).then(async () => {
         await runtime.close().catch(() => undefined);
         process.exit(0);
       });
       return;
     }
     const ctl = new AbortController();
+    if (closing) ctl.abort();
     running.set(msg.id, ctl);
-    chain = chain.then(async () => {
+    const job = (async () => {
       try {
         send({ type: 'result', id: msg.id, result: await run(msg.id, msg.job, ctl.signal) });
       } catch (err) {
@@ -100,7 +127,9 @@ async function main(): Promise<void> {
       } finally {
         running.delete(msg.id);
       }
-    });
+    })();
+    inFlight.add(job);
+    void job.finally(() => inFlight.delete(job));
   });
 }
 
