@@ -49,6 +49,10 @@ export const configSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   HTTP_PORT: port.optional(),
 
+  FROMAGE_WEB_PORT: port.optional(),
+  FROMAGE_WEB_HOST: z.string().min(1).default('127.0.0.1'),
+  FROMAGE_WEB_TOKEN: z.string().min(16, 'must be at least 16 characters (for example `openssl rand -hex 32`)').optional(),
+
   DISCORD_TOKEN: z.string().min(1).optional(),
   DISCORD_APPLICATION_ID: z.string().regex(/^\d+$/, 'must be the numeric application id').optional(),
   DISCORD_API_BASE: httpUrl.default('https://discord.com/api'),
@@ -71,7 +75,7 @@ export const configSchema = z.object({
 export type Config = z.infer<typeof configSchema>;
 
 /** Names whose values never reach a log line. */
-export const SECRET_KEYS = ['DISCORD_TOKEN', 'SLACK_BOT_TOKEN', 'SLACK_APP_TOKEN', 'SLACK_SIGNING_SECRET', 'HF_TOKEN'] as const;
+export const SECRET_KEYS = ['DISCORD_TOKEN', 'SLACK_BOT_TOKEN', 'SLACK_APP_TOKEN', 'SLACK_SIGNING_SECRET', 'HF_TOKEN', 'FROMAGE_WEB_TOKEN'] as const;
 
 const HINTS: Partial<Record<keyof Config, string>> = {
   FROMAGE_DEVICE: 'set it to cpu or cuda',

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 export function registerServiceCommands(program: Command): void {
   program
     .command('serve', { isDefault: true })
-    .description('run the bot: Discord and/or Slack when their credentials are set, else a chat in this terminal')
+    .description('run the bot: Discord and/or Slack when their credentials are set, the web chat when FROMAGE_WEB_PORT is set or no platform is')
     .option('--yes', 'run `fromage setup` without asking when no model bundle exists')
     .action(async (opts: { yes?: boolean }) => {
       const { runServe } = await import('./run.ts');
