@@ -1,6 +1,6 @@
 /** The work behind `fromage generate` / `fromage retrieve` (imported lazily by commands.ts). */
 import { readFile } from 'node:fs/promises';
-import { loadConfig } from '../config.ts';
+import { loadConfig, type Config } from '../config.ts';
 import { ImageInputError } from '../conversation/types.ts';
 import { loadCaseFile } from './case-file.ts';
 import { toCliResult, toText } from './cli-output.ts';
@@ -9,15 +9,36 @@ import { EngineInputError } from './engine-api.ts';
 import { ModelUserError as UserError } from './errors.ts';
 import type { FromageResult } from './fromage.ts';
 import { openIndexBackend } from './index-backend.ts';
+import { decodeImage } from './preprocess.ts';
 import { FromageRuntime, type RuntimeItem } from './runtime.ts';
 
-async function openRuntime(opts: ModelCommandOptions): Promise<FromageRuntime> {
+const warn = (m: string) => process.stderr.write(`warning: ${m}\n`);
+
+/** What the command runs with: its flags, else the configuration (.env was read by the CLI). */
+interface Resolved {
+  readonly config: Config;
+  readonly bundle: string;
+  readonly indexDirs: readonly string[];
+}
+
+function resolveOptions(opts: ModelCommandOptions): Resolved {
   const config = loadConfig();
-  const runtime = await FromageRuntime.open(opts.bundle, { device: config.FROMAGE_DEVICE, threads: config.FROMAGE_THREADS || undefined, warn: (m) => process.stderr.write(`warning: ${m}\n`) });
-  if (opts.index.length > 0) {
+  return { config, bundle: opts.bundle ?? config.FROMAGE_BUNDLE, indexDirs: opts.index.length > 0 ? opts.index : config.FROMAGE_INDEX };
+}
+
+async function openRuntime(opts: ModelCommandOptions, r: Resolved): Promise<FromageRuntime> {
+  const { config } = r;
+  const runtime = await FromageRuntime.open(r.bundle, { device: config.FROMAGE_DEVICE, threads: config.FROMAGE_THREADS || undefined, warn });
+  if (r.indexDirs.length > 0) {
     try {
       runtime.setRetrieval(
-        await openIndexBackend({ indexDirs: opts.index, logitScale: runtime.bundle.manifest.model.logit_scale, fetch: opts.fetch, fetcher: { allow: config.FROMAGE_FETCH_ALLOW } }),
+        await openIndexBackend({
+          indexDirs: r.indexDirs,
+          logitScale: runtime.bundle.manifest.model.logit_scale,
+          fetch: opts.fetch,
+          fetcher: { allow: config.FROMAGE_FETCH_ALLOW, maxBytes: config.FROMAGE_MAX_IMAGE_BYTES },
+          warn,
+        }),
       );
     } catch (err) {
       await runtime.close();
@@ -42,6 +63,7 @@ async function userErrors<T>(work: () => Promise<T>): Promise<T> {
 }
 
 export async function runGenerateCommand(opts: ModelCommandOptions & { input: string }): Promise<void> {
+  const resolved = resolveOptions(opts);
   const kase = await loadCaseFile(opts.input);
   const items: RuntimeItem[] = [];
   for (const p of kase.prompt) {
@@ -55,9 +77,16 @@ export async function runGenerateCommand(opts: ModelCommandOptions & { input: st
     } catch (err) {
       throw new UserError(`cannot read prompt image ${p.image}: ${(err as Error).message}`);
     }
+    // Checked here, before the model loads, so the message can name the file.
+    try {
+      await decodeImage(data);
+    } catch (err) {
+      if (err instanceof ImageInputError) throw new UserError(`prompt image ${p.image} in ${opts.input}: ${err.message}`);
+      throw err;
+    }
     items.push({ type: 'image', data, load: p.load });
   }
-  const runtime = await openRuntime(opts);
+  const runtime = await openRuntime(opts, resolved);
   try {
     const s = kase.settings;
     const result = await userErrors(() =>
@@ -82,8 +111,10 @@ export async function runGenerateCommand(opts: ModelCommandOptions & { input: st
 export async function runRetrieveCommand(text: string, opts: ModelCommandOptions & { count: string }): Promise<void> {
   const count = Number(opts.count);
   if (!Number.isInteger(count) || count < 1 || count > 64) throw new UserError(`--count must be an integer from 1 to 64, got ${opts.count}`);
-  if (opts.index.length === 0) throw new UserError('fromage retrieve needs --index DIR (build one with `fromage index import`)');
-  const runtime = await openRuntime(opts);
+  const resolved = resolveOptions(opts);
+  if (resolved.indexDirs.length === 0)
+    throw new UserError('fromage retrieve needs an index: give --index DIR or set FROMAGE_INDEX in .env (build one with `npx fromage index import` or `npx fromage index build`)');
+  const runtime = await openRuntime(opts, resolved);
   try {
     print(await userErrors(() => runtime.retrieve(text, count)), opts.json);
   } finally {

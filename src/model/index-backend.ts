@@ -1,7 +1,9 @@
 /**
  * The RetrievalBackend over src/retrieval: MultiIndex search (FROMAGe scoring and seen-row
  * down-weighting) and the SSRF-guarded ImageFetcher through resolveCandidates. With fetching
- * off (`--no-fetch`), every candidate counts as loadable.
+ * off (`--no-fetch`), every candidate counts as loadable. Every caller (the bot's worker,
+ * `fromage retrieve`, `fromage generate`) opens retrieval here, so the gallery folders of the
+ * loaded indexes always reach the fetcher: their file:// rows are readable, nothing else is.
  */
 import { MultiIndex } from '../retrieval/embedding-index.ts';
 import { ImageFetcher, type ImageFetcherOptions } from '../retrieval/fetch/image-fetcher.ts';
@@ -17,11 +19,24 @@ export interface IndexBackendOptions {
   readonly fetcher?: ImageFetcherOptions;
   /** Time allowed per [RET] to find its images (default 8 s). */
   readonly resolveTimeoutMs?: number;
+  /** Where refused fetches are reported, once per host (default: nowhere). */
+  readonly warn?: (message: string) => void;
+}
+
+export function refusalMessage(host: string, detail: string): string {
+  return `retrieved images from ${host} are refused (${detail}); replies skip them. Further refusals for ${host} are not repeated.`;
 }
 
 export async function openIndexBackend(o: IndexBackendOptions): Promise<RetrievalBackend> {
   const index = await MultiIndex.open(o.indexDirs, { logitScale: o.logitScale });
-  const fetcher = o.fetch ? new ImageFetcher(o.fetcher) : undefined;
+  const warn = o.warn;
+  const fetcher = o.fetch
+    ? new ImageFetcher({
+        ...o.fetcher,
+        fileRoots: [...(o.fetcher?.fileRoots ?? []), ...index.galleryRoots()],
+        ...(warn ? { onRefused: (host: string, detail: string) => warn(refusalMessage(host, detail)) } : {}),
+      })
+    : undefined;
   return {
     async search(embedding, k, exclude): Promise<RetrievalCandidate[]> {
       const hits = await index.search(embedding, k, { exclude });

@@ -11,8 +11,6 @@ async function logitScaleFrom(o: { logitScale?: number; bundle?: string }, useCo
   const { readManifest } = await import('../model/bundle.ts');
   if (o.bundle) return (await readManifest(o.bundle)).model.logit_scale;
   if (!useConfigured) return undefined;
-  const { config: loadDotenv } = await import('dotenv');
-  loadDotenv({ quiet: true });
   const { existsSync } = await import('node:fs');
   const { join } = await import('node:path');
   const configured = process.env.FROMAGE_BUNDLE?.trim() || 'checkpoints/fromage-opt-6.7b';
@@ -32,10 +30,17 @@ export function registerIndexCommands(program: Command): void {
     .option('--logit-scale <x>', 'record this raw logit_scale instead', Number.parseFloat)
     .addOption(new Option('--bits <n>', 'quantized search copy: 8 (default) or 4 bits').choices(['4', '8']).default('8'))
     .option('--no-quantize', 'skip the quantized search graph (exact search only)')
-    .action(async (pickle: string, o: { out: string; bundle?: string; logitScale?: number; bits: '4' | '8'; quantize: boolean }) => {
+    .option('--force', 'replace an existing index in --out')
+    .action(async (pickle: string, o: { out: string; bundle?: string; logitScale?: number; bits: '4' | '8'; quantize: boolean; force?: boolean }) => {
       const { importPickle } = await import('./import-pickle.ts');
       const started = Date.now();
-      const m = await importPickle(pickle, o.out, { logitScale: await logitScaleFrom(o), quantize: o.quantize, bits: o.bits === '4' ? 4 : 8 });
+      const m = await importPickle(pickle, o.out, {
+        logitScale: await logitScaleFrom(o),
+        quantize: o.quantize,
+        bits: o.bits === '4' ? 4 : 8,
+        force: o.force === true,
+        warn: (message) => process.stderr.write(`warning: ${message}\n`),
+      });
       process.stdout.write(`imported ${m.rows} rows of ${m.dim}-d embeddings into ${o.out} in ${((Date.now() - started) / 1000).toFixed(1)}s\n`);
     });
 

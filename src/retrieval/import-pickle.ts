@@ -8,9 +8,11 @@
 import { readPickleFile, isNumpyArray, isPickleDict, type NumpyArray, type PickleValue } from '../convert/readers/pickle.ts';
 import { iterateFloat32Rows, numpyToFloat32 } from '../convert/readers/numpy.ts';
 import { createProgress } from '../progress.ts';
+import fs from 'node:fs';
 import { IndexError, type IndexManifest } from './format.ts';
 import { IndexWriter } from './index-writer.ts';
 import { withSearchGraph } from './quantized-search.ts';
+import { findUrlProblems, formatUrlProblems } from './url-check.ts';
 
 export interface ImportOptions {
   logitScale?: number;
@@ -18,6 +20,10 @@ export interface ImportOptions {
   quantize?: boolean;
   bits?: 4 | 8;
   silent?: boolean;
+  /** Replace what is already in `outDir` (default: refuse a non-empty directory). */
+  force?: boolean;
+  /** Told about rows whose URL the fetcher can never load (default: nowhere). */
+  warn?: (message: string) => void;
 }
 
 function fail(file: string, why: string): never {
@@ -25,6 +31,11 @@ function fail(file: string, why: string): never {
 }
 
 export async function importPickle(file: string, outDir: string, options: ImportOptions = {}): Promise<IndexManifest> {
+  // Checked before the (long) read: an existing index is someone's work, replaced only on request.
+  const existing = fs.statSync(outDir, { throwIfNoEntry: false });
+  if (existing && !existing.isDirectory()) throw new IndexError(`--out ${outDir} is a file; give a directory for the index`);
+  if (existing && !options.force && fs.readdirSync(outDir).length > 0)
+    throw new IndexError(`${outDir} already exists and is not empty; pass --force to replace it, or choose another --out`);
   const root = readPickleFile(file, { lazyBytesOver: 1 << 20 });
   if (!isPickleDict(root)) fail(file, "expected a dict with 'paths' and 'embeddings' (FROMAGe's cc3m_embeddings.pkl format)");
   const paths = root.get('paths');
@@ -63,6 +74,8 @@ export async function importPickle(file: string, outDir: string, options: Import
   if (rows !== urls.length)
     fail(file, `has ${urls.length} paths but ${rows} embedding rows; they must match one to one (is the file complete?)`);
   if (rows === 0) fail(file, 'holds no rows');
+  const problems = findUrlProblems(urls);
+  if (problems.count > 0) options.warn?.(formatUrlProblems(urls.length, problems));
   if (!(dim > 0)) fail(file, 'embeddings have zero width');
 
   const writer = IndexWriter.create(outDir, dim, { source: file, logitScale: options.logitScale });

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import net from 'node:net';
+import { pathToFileURL } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import sharp from 'sharp';
 import { refusalReason, type Resolver } from '../../src/retrieval/fetch/address-policy.ts';
@@ -141,6 +142,28 @@ describe('ImageFetcher redirects and the SSRF guard', () => {
     expect(attempts).toEqual([]);
     // an allowlisted host name is reachable
     expect(await new ImageFetcher({ cacheDir, resolver: testResolver, allow: ['localhost'] }).fetch(`http://localhost:${server.port}/img/00003.png`)).not.toBeNull();
+  });
+
+  it('reports refusals once per host, also when the negative cache answers, and files outside the galleries', async () => {
+    const told: Array<[string, string]> = [];
+    const onRefused = (host: string, detail: string) => told.push([host, detail]);
+    const f = new ImageFetcher({ cacheDir, resolver: testResolver, onRefused });
+    for (const n of ['00000', '00002', '00003']) expect(await f.fetch(`${server.base}/img/${n}.png`)).toBeNull();
+    expect(await f.fetch(`http://127.0.0.1:PORT/img/00000.png`)).toBeNull();
+    expect(await f.fetch(`http://127.0.0.1:PORT/img/00002.png`)).toBeNull();
+    expect(await f.fetch(pathToFileURL('package.json').href)).toBeNull();
+    expect(await f.fetch(pathToFileURL('tsconfig.json').href)).toBeNull();
+    // a 404 is not a refusal: nothing to configure
+    expect(await fetcher({ onRefused }).fetch(`${server.base}/missing.png`)).toBeNull();
+    expect(told.map(([h]) => h)).toEqual([`127.0.0.1:${server.port}`, 'malformed URLs', 'local files']);
+    expect(told[0][1]).toMatch(/loopback address; add it to FROMAGE_FETCH_ALLOW/);
+    expect(told[2][1]).toMatch(/package\.json is a local file and no gallery folder may be read/);
+    // a new fetcher (a restart) answered from the disk's negative cache still says why, once
+    const again: string[] = [];
+    const g = new ImageFetcher({ cacheDir, resolver: testResolver, onRefused: (h) => again.push(h) });
+    expect(await g.fetchDetailed(`${server.base}/img/00000.png`)).toMatchObject({ ok: false, fromCache: true });
+    expect(await g.fetch(`${server.base}/img/00002.png`)).toBeNull();
+    expect(again).toEqual([`127.0.0.1:${server.port}`]);
   });
 
   it('classifies addresses', () => {

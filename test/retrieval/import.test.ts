@@ -98,4 +98,18 @@ describe('index import refuses bad pickles with a clear error', () => {
     await expect(importPickle(file, out('o4'), { silent: true })).rejects.toThrow(/embeddings\[0\] is not a numpy array/);
     await expect(importPickle('/nonexistent.pkl', out('o5'), { silent: true })).rejects.toThrow(/nonexistent\.pkl/);
   });
+
+  it('refuses a non-empty --out unless forced, and reports URLs that can never be fetched', async () => {
+    const dir = out('overwrite');
+    const warnings: string[] = [];
+    const pkl = path.join(FIXTURES, SHAPES.vis1.array);
+    await importPickle(pkl, dir, { silent: true, quantize: false, warn: (m) => warnings.push(m) });
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/^64 of 64 URLs can never be fetched; retrieval will skip those rows:\n {2}row 0: http:\/\/127\.0\.0\.1:PORT\/img\/00000\.png \(not a valid URL\)\n.*\n.*\n {2}\.\.\. and 61 more\n/);
+    const before = fs.readFileSync(path.join(dir, 'index.json'), 'utf8');
+    await expect(importPickle(pkl, dir, { silent: true, quantize: false })).rejects.toThrow(/already exists and is not empty; pass --force to replace it/);
+    expect(fs.readFileSync(path.join(dir, 'index.json'), 'utf8')).toBe(before);
+    await expect(importPickle(pkl, dir, { silent: true, quantize: false, force: true })).resolves.toMatchObject({ rows: 64 });
+    await expect(importPickle(pkl, path.join(dir, 'index.json'), { silent: true })).rejects.toThrow(/is a file; give a directory/);
+  });
 });

@@ -36,6 +36,12 @@ export interface ImageFetcherOptions {
    * `fromage index build --images FOLDER`); file URLs anywhere else are refused.
    */
   fileRoots?: readonly string[];
+  /**
+   * Told why a URL was refused (SSRF guard, a file outside the gallery folders, a malformed
+   * URL), once per host: refusals are configuration problems the operator can fix, and the
+   * reply only says no image loaded.
+   */
+  onRefused?: (host: string, detail: string) => void;
   /** DNS resolution (tests inject one that never leaves the machine). */
   resolver?: Resolver;
   now?: () => number;
@@ -59,7 +65,9 @@ interface InFlight {
 const RASTER_FORMATS = new Set(['jpeg', 'png', 'webp', 'gif', 'avif', 'heif', 'tiff', 'bmp']);
 
 export class ImageFetcher {
-  private readonly o: Required<Omit<ImageFetcherOptions, 'cacheDir' | 'allow' | 'fileRoots'>>;
+  private readonly o: Required<Omit<ImageFetcherOptions, 'cacheDir' | 'allow' | 'fileRoots' | 'onRefused'>>;
+  private readonly onRefused: ((host: string, detail: string) => void) | undefined;
+  private readonly refusedHosts = new Set<string>();
   private readonly fileRoots: string[];
   private readonly policy: AddressPolicy;
   private readonly cache: ImageCache;
@@ -83,6 +91,7 @@ export class ImageFetcher {
     };
     this.policy = new AddressPolicy(options.allow ?? []);
     this.fileRoots = (options.fileRoots ?? []).map((r) => path.resolve(r));
+    this.onRefused = options.onRefused;
     this.cache = new ImageCache(options.cacheDir, this.o.now, this.o.maxCacheBytes);
     this.queue = new PQueue({ concurrency: this.o.concurrency });
   }
@@ -112,13 +121,13 @@ export class ImageFetcher {
     entry.waiters++;
     const signal = options.signal;
     try {
-      if (!signal) return await entry.promise;
+      if (!signal) return this.reportRefusal(url, await entry.promise);
       return await new Promise<FetchResult>((resolve) => {
         const onAbort = () => resolve(aborted);
         signal.addEventListener('abort', onAbort, { once: true });
         entry.promise.then((r) => {
           signal.removeEventListener('abort', onAbort);
-          resolve(r);
+          resolve(this.reportRefusal(url, r));
         });
       });
     } finally {
@@ -128,6 +137,16 @@ export class ImageFetcher {
         entry.controller.abort();
       }
     }
+  }
+
+  /** Passes a refusal (fresh or from the negative cache) to onRefused, once per host. */
+  private reportRefusal(url: string, r: FetchResult): FetchResult {
+    if (r.ok || !this.onRefused || (r.reason !== 'refused-address' && r.reason !== 'bad-url')) return r;
+    const host = hostOf(url);
+    if (this.refusedHosts.has(host)) return r;
+    this.refusedHosts.add(host);
+    this.onRefused(host, r.detail);
+    return r;
   }
 
   private async fetchUncached(url: string, signal: AbortSignal | undefined): Promise<FetchResult> {
@@ -213,7 +232,14 @@ export class ImageFetcher {
     // realpath first, so a symlink inside a gallery cannot point outside it.
     const roots = await Promise.all(this.fileRoots.map((r) => fs.promises.realpath(r).catch(() => r)));
     if (!roots.some((r) => file === r || file.startsWith(r + path.sep)))
-      return { ok: false, reason: 'bad-url', detail: `${url} is outside the local gallery folders the fetcher may read` };
+      return {
+        ok: false,
+        reason: 'bad-url',
+        detail:
+          this.fileRoots.length === 0
+            ? `${url} is a local file and no gallery folder may be read; file:// URLs are served only from the folder an index was built from (its gallery_root)`
+            : `${url} is outside the local gallery folders the fetcher may read (${this.fileRoots.join(', ')})`,
+      };
     const stat = await fs.promises.stat(file);
     if (stat.size > this.o.maxBytes) return { ok: false, reason: 'too-large', detail: `${file} is ${stat.size} bytes, over the ${this.o.maxBytes}-byte limit` };
     return { ok: true, data: await fs.promises.readFile(file) };
@@ -253,5 +279,15 @@ export class ImageFetcher {
   /** Waits for running fetches to finish. */
   async idle(): Promise<void> {
     await this.queue.onIdle();
+  }
+}
+
+/** What a refusal is reported under: the URL's host; all local files, or all malformed URLs, count as one. */
+function hostOf(url: string): string {
+  if (url.startsWith('file:')) return 'local files';
+  try {
+    return new URL(url).host || 'malformed URLs';
+  } catch {
+    return 'malformed URLs';
   }
 }
