@@ -1,14 +1,19 @@
 /**
  * The embedded default: a chat in the terminal (like Hubot's shell adapter). Lines are
  * messages; slash commands attach images and reach the same intents as Discord and Slack.
- * Retrieved images are saved into a folder and their paths printed.
+ * Retrieved images are saved into a folder and their paths printed. Nothing printed can act on
+ * the terminal: control characters from the model, captions, URLs or names are shown, not sent.
  */
 import { createReadStream } from 'node:fs';
 import { mkdir, stat, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import type { Readable, Writable } from 'node:stream';
+import sharp from 'sharp';
+import { MAX_INPUT_PIXELS } from '../../src/conversation/images.ts';
 import { parseSettingsChanges } from '../../src/conversation/settings.ts';
+import { showControlCharacters } from '../../src/conversation/text.ts';
 import {
   ImageInputError,
   type Adapter,
@@ -30,6 +35,13 @@ export interface ShellOptions {
   readonly interactive?: boolean;
   /** Called when the user types /quit or input ends. */
   readonly onExit?: () => void;
+  /** For saved image names (tests). */
+  readonly now?: () => Date;
+}
+
+export interface ShellAdapter extends Adapter {
+  /** Prints a line for the person at the terminal (a log warning), above the prompt when one is shown. */
+  notice(line: string): void;
 }
 
 const KEY: ConversationKey = { platform: 'shell', workspace: 'local', channel: 'terminal' };
@@ -41,19 +53,32 @@ export const SHELL_HELP = [
   '  /retrieve <text>      find images for a description',
   '  /reset                forget this conversation',
   '  /settings [k=v ...]   show or change ret_scale, max_images, words, temperature',
+  '  /settings reset       restore the default settings',
   '  /help                 this help',
   '  /quit                 leave',
 ].join('\n');
 
-export function createShellAdapter(options: ShellOptions): Adapter {
+export function createShellAdapter(options: ShellOptions): ShellAdapter {
   let rl: Interface | undefined;
   let pending: ImageInput[] = [];
   let counter = 0;
-  let saved = 0;
   const inFlight = new Set<Promise<void>>();
-  const print = (line: string) => options.output.write(`${line}\n`);
+  /** Lines are handled one after another: an /image check finishes before the next line is read. */
+  let lines: Promise<void> = Promise.resolve();
+  let promptShown = false;
+  const saveImage = imageSaver(options.imageDir, (options.now ?? (() => new Date()))());
+  const PROMPT = 'you> ';
+  /** Everything printed goes through here, made harmless; a shown prompt is redrawn below it. */
+  const print = (line: string) => {
+    const safe = showControlCharacters(line);
+    if (promptShown && options.interactive) options.output.write(`\r\u001b[K${safe}\n${PROMPT}`);
+    else options.output.write(`${safe}\n`);
+  };
   const prompt = () => {
-    if (options.interactive) options.output.write('you> ');
+    if (options.interactive && !promptShown) {
+      options.output.write(PROMPT);
+      promptShown = true;
+    }
   };
 
   function responder(): Responder {
@@ -64,10 +89,8 @@ export function createShellAdapter(options: ShellOptions): Adapter {
         for (const segment of reply.segments) {
           if (segment.type === 'text') print(`${label}${segment.text}`);
           else {
-            await mkdir(options.imageDir, { recursive: true });
             for (const image of segment.images) {
-              const file = join(options.imageDir, `${String(++saved).padStart(4, '0')}-${safeName(image.filename)}`);
-              await writeFile(file, image.data);
+              const file = await saveImage(image.filename, image.data);
               const score = image.score === undefined ? '' : ` score ${image.score.toFixed(2)}`;
               print(`${label}[image] ${file}${score} (from ${image.source})`);
             }
@@ -101,7 +124,7 @@ export function createShellAdapter(options: ShellOptions): Adapter {
     inFlight.add(job);
   }
 
-  function onLine(handler: MessageHandler, raw: string): void {
+  async function onLine(handler: MessageHandler, raw: string): Promise<void> {
     const line = raw.trim();
     const command = /^\/(\w+)\s*(.*)$/s.exec(line);
     if (!command) {
@@ -112,13 +135,19 @@ export function createShellAdapter(options: ShellOptions): Adapter {
     }
     const [, name, arg] = command;
     switch (name.toLowerCase()) {
-      case 'image':
-        if (!arg) print('fromage (error)> Usage: /image <path or url>');
+      case 'image': {
+        if (!arg) {
+          print('fromage (error)> Usage: /image <path or url>');
+          return prompt();
+        }
+        const problem = await checkAttachment(arg);
+        if (problem) print(`fromage (error)> ${problem}`);
         else {
           pending.push(imageInput(arg));
           print(`(attached ${arg}; it goes with your next message)`);
         }
         return prompt();
+      }
       case 'retrieve':
         return dispatch(handler, arg, { kind: 'retrieve', query: arg }, []);
       case 'reset':
@@ -128,6 +157,7 @@ export function createShellAdapter(options: ShellOptions): Adapter {
         print(SHELL_HELP);
         return prompt();
       case 'settings': {
+        if (arg.trim().toLowerCase() === 'reset') return dispatch(handler, '', { kind: 'settings', changes: {}, reset: true }, []);
         const pairs = Object.fromEntries(
           arg.split(/\s+/).filter(Boolean).map((p) => {
             const [k, v = ''] = p.split('=');
@@ -155,18 +185,86 @@ export function createShellAdapter(options: ShellOptions): Adapter {
     platform: 'shell',
     async start(handler) {
       rl = createInterface({ input: options.input, terminal: false, crlfDelay: Infinity });
-      rl.on('line', (line) => onLine(handler, line));
+      rl.on('line', (line) => {
+        promptShown = false;
+        lines = lines.then(() => onLine(handler, line)).catch((err: unknown) => print(`fromage (error)> ${(err as Error).message}`));
+      });
       rl.on('close', () => {
-        void Promise.allSettled([...inFlight]).then(() => options.onExit?.());
+        // Piped input ends before its answers: every line is handled and answered first.
+        void lines.then(() => Promise.allSettled([...inFlight])).then(() => options.onExit?.());
       });
       print('FROMAGe is ready. Type /help for commands.');
+      // After a restart the conversation is still there; the handler says so (nothing when new).
+      dispatch(handler, '', { kind: 'welcome' }, []);
       prompt();
     },
     async stop() {
       rl?.close();
+      await lines;
       await Promise.allSettled([...inFlight]);
     },
+    notice(line) {
+      print(line);
+    },
   };
+}
+
+/**
+ * Saves retrieved images under names that never collide: a session stamp and a counter, and a
+ * file that exists already (another session in the same second) is never overwritten.
+ */
+function imageSaver(dir: string, sessionStart: Date): (filename: string, data: Buffer) => Promise<string> {
+  const stamp = sessionStart.toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
+  let counter = 0;
+  return async (filename, data) => {
+    await mkdir(dir, { recursive: true });
+    for (;;) {
+      const file = join(dir, `${stamp}-${String(++counter).padStart(4, '0')}-${safeName(filename)}`);
+      try {
+        await writeFile(file, data, { flag: 'wx' });
+        return file;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+    }
+  };
+}
+
+/** `~` and `~/...` as a shell would expand them. */
+export function expandHome(path: string): string {
+  if (path === '~') return homedir();
+  if (path.startsWith('~/')) return join(homedir(), path.slice(2));
+  return path;
+}
+
+/** Why `/image <source>` cannot work, said when it is attached; undefined when it looks usable. */
+export async function checkAttachment(source: string): Promise<string | undefined> {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(source)) {
+    let url: URL;
+    try {
+      url = new URL(source);
+    } catch {
+      return `${source} is not a valid URL.`;
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return `${source}: only http(s) URLs and local files can be attached.`;
+    return undefined;
+  }
+  const path = resolve(expandHome(source));
+  let info;
+  try {
+    info = await stat(path);
+  } catch {
+    return `There is no file at ${path}. Check the path (relative paths start from ${process.cwd()}).`;
+  }
+  if (info.isDirectory()) return `${path} is a folder; attach an image file inside it.`;
+  if (!info.isFile()) return `${path} is not a regular file.`;
+  try {
+    const meta = await sharp(path, { limitInputPixels: MAX_INPUT_PIXELS, pages: 1 }).metadata();
+    if (!meta.width || !meta.height) return `${basename(path)} has no size; is it an image?`;
+  } catch {
+    return `${basename(path)} is not an image I can read; attach a PNG, JPEG, WebP or GIF file.`;
+  }
+  return undefined;
 }
 
 function safeName(name: string): string {
@@ -187,7 +285,7 @@ export function imageInput(source: string): ImageInput {
   return {
     name,
     async fetch(maxBytes) {
-      return isUrl ? fetchUrl(source, name, maxBytes) : readFileLimited(resolve(source), name, maxBytes);
+      return isUrl ? fetchUrl(source, name, maxBytes) : readFileLimited(resolve(expandHome(source)), name, maxBytes);
     },
   };
 }

@@ -49,3 +49,20 @@ function skipSpace(text: string, at: number): number {
   while (i < text.length && (text[i] === ' ' || text[i] === '\n')) i++;
   return i;
 }
+
+/**
+ * Makes control characters visible instead of letting them act: model output, captions, URLs
+ * and file names can carry ESC sequences that would rewrite a terminal (or hide text on a chat
+ * platform). C0 controls and DEL become their Unicode control pictures (ESC shows as ␛), C1
+ * controls and the bidirectional overrides that reorder text show as <U+XXXX>. Newlines and
+ * tabs stay, as layout.
+ */
+export function showControlCharacters(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\u0000-\u0008\u000b-\u001f\u007f\u0080-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => {
+    const code = c.charCodeAt(0);
+    if (code < 0x20) return String.fromCharCode(0x2400 + code);
+    if (code === 0x7f) return '\u2421';
+    return `<U+${code.toString(16).toUpperCase().padStart(4, '0')}>`;
+  });
+}

@@ -11,7 +11,7 @@ import type { Adapter, MessageHandler } from '../conversation/types.ts';
 import type { Engine } from '../model/engine-api.ts';
 import { Scheduler } from '../queue/scheduler.ts';
 import { createMessageHandler } from './handler.ts';
-import { startHttp } from './http.ts';
+import { Readiness, startHttp } from './http.ts';
 import { createMetrics, type ServiceMetrics } from './metrics.ts';
 
 export interface ServiceOptions {
@@ -23,6 +23,12 @@ export interface ServiceOptions {
   readonly history?: HistoryStore;
   /** Grace period for running jobs at shutdown. */
   readonly shutdownGraceMs?: number;
+  /**
+   * Opened earlier by the caller (`fromage serve` opens HTTP_PORT before loading the model):
+   * the server, its metrics and what /healthz reports. Without it, HTTP_PORT opens here,
+   * still before the adapters connect.
+   */
+  readonly early?: { readonly http?: Server; readonly metrics: ServiceMetrics; readonly readiness: Readiness };
 }
 
 export interface RunningService {
@@ -34,7 +40,11 @@ export interface RunningService {
 
 export async function startService(options: ServiceOptions): Promise<RunningService> {
   const { config, logger, engine, adapters } = options;
-  const metrics = createMetrics({ defaultMetrics: config.HTTP_PORT !== undefined });
+  const metrics = options.early?.metrics ?? createMetrics({ defaultMetrics: config.HTTP_PORT !== undefined });
+  const readiness = options.early?.readiness ?? new Readiness();
+  const http =
+    options.early?.http ?? (config.HTTP_PORT === undefined ? undefined : await startHttp(config.HTTP_PORT, metrics.registry, readiness));
+  const closeHttp = () => new Promise<void>((r) => (http ? http.close(() => r()) : r()));
   const history = options.history ?? new SqliteHistoryStore(join(config.FROMAGE_DATA_DIR, 'history.sqlite'), { maxTurns: config.FROMAGE_HISTORY_TURNS });
   const scheduler = new Scheduler(
     {
@@ -66,23 +76,21 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
   const stopAll = async () => {
     await Promise.allSettled(started.map((a) => a.stop()));
   };
+  for (const adapter of adapters) readiness.waitFor(`${adapter.platform} to connect`);
   try {
     for (const adapter of adapters) {
       await adapter.start(tracked);
       started.push(adapter);
+      readiness.done(`${adapter.platform} to connect`);
       logger.info({ platform: adapter.platform }, 'adapter started');
     }
   } catch (err) {
     await stopAll();
     history.close();
+    await closeHttp();
     throw err;
   }
-  const http =
-    config.HTTP_PORT === undefined
-      ? undefined
-      : await startHttp(config.HTTP_PORT, metrics.registry, {
-          health: () => ({ ok: !stopping, adapters: started.map((a) => a.platform), bundle: engine.info.bundleId, ...scheduler.stats() }),
-        });
+  readiness.ready(() => ({ adapters: started.map((a) => a.platform), bundle: engine.info.bundleId, ...scheduler.stats() }));
   return {
     metrics,
     scheduler,
@@ -90,12 +98,13 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     async stop() {
       if (stopping) return;
       stopping = true;
+      readiness.stopping();
       logger.info('shutting down: no new requests; finishing running answers');
       // Below the 30 s that compose and systemd give before SIGKILL.
       await scheduler.shutdown(options.shutdownGraceMs ?? 20_000);
       await Promise.race([Promise.allSettled([...deliveries]), new Promise((r) => setTimeout(r, 5_000).unref())]);
       await stopAll();
-      await new Promise<void>((r) => (http ? http.close(() => r()) : r()));
+      await closeHttp();
       history.close();
       await engine.close();
       logger.info('stopped');

@@ -1,9 +1,12 @@
 import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.ts';
 import { SqliteHistoryStore } from '../../src/conversation/history.ts';
 import type { Adapter, MessageHandler } from '../../src/conversation/types.ts';
+import { Readiness, startHttp } from '../../src/service/http.ts';
+import { createMetrics } from '../../src/service/metrics.ts';
 import { startService } from '../../src/service/service.ts';
 import { FakeEngine } from '../support/fake-engine.ts';
 import { message, RecordingResponder } from '../support/messages.ts';
@@ -56,7 +59,10 @@ describe('service', () => {
     await loop.say('');
     const health = await fetch(`http://127.0.0.1:${port}/healthz`);
     expect(health.status).toBe(200);
-    expect(await health.json()).toMatchObject({ ok: true, adapters: ['shell'], bundle: 'fake-bundle', queued: 0, running: 0 });
+    const body = (await health.json()) as { averageRunMs: number };
+    expect(body).toMatchObject({ ok: true, status: 'ready', adapters: ['shell'], bundle: 'fake-bundle', queued: 0, running: 0, measuredRuns: 1 });
+    // What was measured, not a starting guess of seconds averaged down slowly (issue 11, bug 9).
+    expect(body.averageRunMs).toBeLessThan(1000);
     const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     expect(metrics).toMatch(/fromage_queue_depth 0/);
     expect(metrics).toMatch(/fromage_queue_wait_seconds_count 1/);
@@ -67,6 +73,39 @@ describe('service', () => {
     await service.stop();
     expect(loop.isStopped()).toBe(true);
     expect(engine.closed).toBe(true);
+  });
+
+  it('opens HTTP_PORT before the platforms connect: /healthz says starting and what it waits for, then ready (issue 11, bug 5)', async () => {
+    const config = loadConfig({ FROMAGE_DATA_DIR: '.tmp/unused' });
+    let connect!: () => void;
+    const connected = new Promise<void>((r) => (connect = r));
+    const slowPlatform: Adapter = { platform: 'discord', start: () => connected, stop: async () => {} };
+    // As `fromage serve` does: the port opens first, while the model is still loading.
+    const metrics = createMetrics();
+    const readiness = new Readiness();
+    readiness.waitFor('the model to load');
+    const http = await startHttp(0, metrics.registry, readiness, '127.0.0.1');
+    const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}/healthz`;
+    const loading = await fetch(url);
+    expect(loading.status).toBe(503);
+    expect(await loading.json()).toEqual({ ok: false, status: 'starting', waitingFor: ['the model to load'] });
+    readiness.done('the model to load');
+    const starting = startService({
+      config: { ...config, HTTP_PORT: 0 },
+      logger: pino({ level: 'silent' }),
+      engine: new FakeEngine(),
+      adapters: [slowPlatform],
+      history: new SqliteHistoryStore(':memory:', { maxTurns: 10 }),
+      early: { http, metrics, readiness },
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    expect(await (await fetch(url)).json()).toEqual({ ok: false, status: 'starting', waitingFor: ['discord to connect'] });
+    connect();
+    const service = await starting;
+    const ready = await fetch(url);
+    expect(ready.status).toBe(200);
+    expect(await ready.json()).toMatchObject({ ok: true, status: 'ready', adapters: ['discord'], averageRunMs: null, measuredRuns: 0 });
+    await service.stop();
   });
 
   it('on shutdown finishes the running answer, tells queued users, and closes the database', async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { splitText } from '../../src/conversation/text.ts';
+import { showControlCharacters, splitText } from '../../src/conversation/text.ts';
 
 describe('splitText', () => {
   it('keeps short text whole and splits long text at word boundaries', () => {
@@ -29,5 +29,13 @@ describe('splitText', () => {
     expect(splitText('z'.repeat(200), 50).join('')).toBe('z'.repeat(200));
     const quoted = 'I found no image I could load for "```' + 'q'.repeat(3600) + '".';
     for (const c of splitText(quoted, 3500)) expect(c.length).toBeLessThanOrEqual(3500);
+  });
+});
+
+describe('showControlCharacters', () => {
+  it('shows escape sequences and other controls instead of letting them act', () => {
+    expect(showControlCharacters('red \u001b[31mtext\u001b[0m\rover\u0007 \u009b2J')).toBe('red ␛[31mtext␛[0m␍over␇ <U+009B>2J');
+    expect(showControlCharacters('a\u202Eevil\u2066')).toBe('a<U+202E>evil<U+2066>');
+    expect(showControlCharacters('lines\nand\ttabs stay, as does ünïcödé 🧀')).toBe('lines\nand\ttabs stay, as does ünïcödé 🧀');
   });
 });
