@@ -174,3 +174,64 @@ describe('FromageEngine without a retrieval index', () => {
     expect(r.historyText).toContain('[RET]');
   });
 });
+
+describe('FromageEngine decoding several answers in one batch (FROMAGE_BATCH=3)', () => {
+  let engine: FromageEngine;
+  let bundleDir: string;
+  let cleanupBundle: () => Promise<void>;
+  const prompts = ['Q: hi\nA:', 'Q: what is round and red?\nA:', 'Q: tell me a long story about the sky\nA:'].map((text): PromptItem[] => [{ type: 'text', text }]);
+
+  beforeAll(async () => {
+    const conv = await convertFixtureBundle('vis1');
+    bundleDir = conv.dir;
+    cleanupBundle = conv.cleanup;
+    engine = await FromageEngine.start({ bundleDir, indexDirs: [], fetch: false, threads: 1, batch: 3, kvCacheMb: 0, onLog: () => undefined });
+  });
+  afterAll(async () => {
+    await engine?.close();
+    await cleanupBundle?.();
+  });
+
+  it('answers concurrent jobs together, each as it is answered alone; a cancelled one leaves the others unchanged', async () => {
+    const settings = { ...greedy, maxWords: 24 };
+    const alone = [];
+    for (const p of prompts) alone.push(await engine.chat(p, settings));
+    const streams = prompts.map(() => 0);
+    const ctl = new AbortController();
+    const together = await Promise.allSettled([
+      ...prompts.map((p, i) => engine.chat(p, settings, { onText: () => streams[i]++ })),
+      engine.chat(prompts[1], { ...settings, maxWords: 60 }, { signal: ctl.signal, onText: (t) => t.length > 3 && ctl.abort() }),
+    ]);
+    expect(together.slice(0, 3)).toEqual(alone.map((value) => ({ status: 'fulfilled', value })));
+    expect(together[3]).toMatchObject({ status: 'rejected', reason: expect.any(CancelledError) });
+    expect(streams).toEqual([24, 24, 24]);
+  });
+
+  it('a worker that dies mid-batch fails only the jobs in flight; the next job gets a fresh worker', async () => {
+    const crashy = await FromageEngine.start({ bundleDir, indexDirs: [], fetch: false, threads: 1, batch: 3, kvCacheMb: 0, onLog: () => undefined, workerEntry: new URL('./crash-worker.mjs', import.meta.url) });
+    try {
+      const done = await crashy.chat(prompts[0], { ...greedy, maxWords: 4 });
+      const streaming = new Set<number>();
+      let started!: () => void;
+      const bothStreaming = new Promise<void>((r) => (started = r));
+      const streamed = (job: number) => (): void => {
+        streaming.add(job);
+        if (streaming.size === 2) started();
+      };
+      const first = crashy.chat(prompts[1], { ...greedy, maxWords: 100 }, { onText: streamed(1) }).catch((e: unknown) => e);
+      const second = crashy.chat(prompts[0], { ...greedy, maxWords: 100 }, { onText: streamed(2) }).catch((e: unknown) => e);
+      await bothStreaming;
+      const killer = crashy.chat([{ type: 'text', text: 'die now' }], greedy).catch((e: unknown) => e);
+      for (const err of await Promise.all([first, second, killer])) {
+        expect(err).toBeInstanceOf(EngineWorkerError);
+        expect((err as Error).message).toMatch(/exit code 7/);
+      }
+      expect(done.generatedTokens).toBe(4);
+      const [a, b] = await Promise.all([crashy.chat(prompts[0], { ...greedy, maxWords: 4 }), crashy.chat(prompts[2], { ...greedy, maxWords: 3 })]);
+      expect(a).toEqual(done);
+      expect(b.generatedTokens).toBe(3);
+    } finally {
+      await crashy.close();
+    }
+  });
+});

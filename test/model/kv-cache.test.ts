@@ -83,4 +83,24 @@ describe('KvCache', () => {
     expect(() => c.append(fresh(0, 2).slice(1), 2)).toThrow(/expected 4 new key\/value tensors, got 3/);
     expect(() => c.append(fresh(0, 2), 3)).toThrow(/has 12 values, expected 18/);
   });
+
+  it('reads positions through its KvReader view and restores a kept prefix through its KvWriter view', async () => {
+    const src = new KvCache(shape);
+    src.append(fresh(0, 9), 9);
+    expect(Array.from(src.read(3, 2, 4, 5))).toEqual([3 * 1000 + 200 + 40, 3 * 1000 + 200 + 41]);
+    expect(() => src.read(0, 0, 5, 10)).toThrow(/positions \[5, 10\) of a cache holding 9/);
+    const c = new KvCache(shape);
+    await c.restorePrefix(6, async (into) => {
+      for (let j = 0; j < shape.layers * 2; j++) for (let h = 0; h < shape.heads; h++) into.write(j, h, 0, src.read(j, h, 0, 6));
+    });
+    expect(c.length).toBe(6);
+    c.append(fresh(6, 1), 1);
+    expectContents(c);
+    await expect(c.restorePrefix(2, async () => undefined)).rejects.toThrow(/only be restored into an empty cache/);
+    const failed = new KvCache(shape);
+    await expect(failed.restorePrefix(4, async () => Promise.reject(new Error('gone')))).rejects.toThrow('gone');
+    // A copy that failed leaves the cache empty: the caller prefills everything.
+    expect(failed.length).toBe(0);
+    expect(() => failed.write(0, 0, failed.capacity, new Float32Array(2))).toThrow(/cannot write 1 positions/);
+  });
 });
