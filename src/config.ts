@@ -45,7 +45,7 @@ export const configSchema = z.object({
   /** Unset: computed at start (src/serving/kv-config.ts); 0: prefix reuse off. */
   FROMAGE_KV_CACHE_MB: z.coerce.number().int().min(0).max(4_194_304).optional(),
   FROMAGE_KV_DISK_MB: z.coerce.number().int().min(0).max(67_108_864).default(4096),
-  FROMAGE_KV_CODEC: z.enum(['fp16', 'fp32', 'int8']).default('fp16'),
+  FROMAGE_KV_CODEC: z.enum(['fp32', 'fp16', 'int8']).default('fp32'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   HTTP_PORT: port.optional(),
 
@@ -81,7 +81,7 @@ const HINTS: Partial<Record<keyof Config, string>> = {
   FROMAGE_DEVICE: 'set it to cpu or cuda',
   FROMAGE_KV_CACHE_MB: 'MiB of memory for kept conversation caches; leave it empty for the default, 0 turns reuse off',
   FROMAGE_KV_DISK_MB: 'MiB of disk for spilled conversation caches; 0 turns the spill off',
-  FROMAGE_KV_CODEC: 'fp16 (default), fp32 (exact) or int8',
+  FROMAGE_KV_CODEC: 'fp32 (default, exact), fp16 or int8',
   DISCORD_TOKEN: 'copy the bot token from the Discord developer portal (Bot > Reset Token)',
   DISCORD_APPLICATION_ID: 'copy the Application ID from the Discord developer portal (General Information)',
   DISCORD_API_BASE: 'leave it unset for discord.com, or give a full http(s) URL',

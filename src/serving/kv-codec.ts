@@ -88,53 +88,91 @@ function halfToFloatTable(): Float32Array {
 /** float32 -> float16 bits (round to nearest even), exported for the tests. */
 export function toHalf(v: number): number {
   f32[0] = v;
-  return halfBits(u32[0]);
+  return halfBitsFast(u32[0]);
 }
 
 export function fromHalf(h: number): number {
   return halfToFloatTable()[h & 0xffff];
 }
 
-/** Copies positions [0, length) of `reader` into a new entry. */
-export function encodeKv(reader: KvReader, length: number, codec: KvCodecName): EncodedKv {
+/**
+ * The common case (a half-precision normal result) by integer rounding: adding 0xfff plus the
+ * lowest kept bit rounds the 13 dropped bits to nearest even, and a carry ripples into the
+ * exponent as it should. Everything else goes through halfBits.
+ */
+function halfBitsFast(bits: number): number {
+  const exp = (bits >>> 23) & 0xff;
+  if (exp > 112 && exp < 143) {
+    const r = bits + 0xfff + ((bits >>> 13) & 1);
+    return ((bits >>> 16) & 0x8000) | (((r & 0x7fffffff) >>> 13) - (112 << 10));
+  }
+  return halfBits(bits);
+}
+
+/** A kept entry whose first `length` positions equal the new sequence's (same keys). */
+export interface EncodeBase {
+  readonly kv: EncodedKv;
+  readonly length: number;
+}
+
+/**
+ * Copies positions [0, length) of `reader` into a new entry. With `base`, positions
+ * [0, base.length) are copied from that entry's encoded bytes (same codec and shape) and only
+ * the rest is read and encoded: keeping turn n of a dialogue costs its new positions only.
+ */
+export function encodeKv(reader: KvReader, length: number, codec: KvCodecName, base?: EncodeBase): EncodedKv {
   const shape = reader.shape;
   if (length > reader.length) throw new RangeError(`cannot keep ${length} positions of a cache that holds ${reader.length}`);
+  const usable = base && base.kv.codec === codec && sameShape(base.kv.shape, shape) ? Math.min(base.length, base.kv.length, length) : 0;
   const { heads, headDim } = shape;
   const run = length * headDim;
   const data = new Uint8Array(encodedBytes(shape, length, codec));
   const nBlocks = blocks(shape);
-  if (codec === 'fp32') {
-    const out = new Float32Array(data.buffer);
-    for (let b = 0; b < nBlocks; b++) out.set(reader.read(Math.floor(b / heads), b % heads, 0, length).subarray(0, run), b * run);
-  } else if (codec === 'fp16') {
-    const out = new Uint16Array(data.buffer);
+  const from = usable * headDim;
+  const stride = usable > 0 ? base!.kv.length * headDim : 0;
+  const srcOf = (b: number) => reader.read(Math.floor(b / heads), b % heads, usable, length);
+  if (codec === 'fp32' || codec === 'fp16') {
+    const width = codec === 'fp32' ? 4 : 2;
     for (let b = 0; b < nBlocks; b++) {
-      const src = reader.read(Math.floor(b / heads), b % heads, 0, length);
-      const bits = new Uint32Array(src.buffer, src.byteOffset, run);
-      const base = b * run;
-      for (let i = 0; i < run; i++) out[base + i] = halfBits(bits[i]);
-    }
-  } else {
-    const scales = new Float32Array(data.buffer, 0, nBlocks * length);
-    const q = new Int8Array(data.buffer, nBlocks * length * 4);
-    for (let b = 0; b < nBlocks; b++) {
-      const src = reader.read(Math.floor(b / heads), b % heads, 0, length);
-      for (let p = 0; p < length; p++) {
-        const row = p * headDim;
-        let max = 0;
-        for (let i = 0; i < headDim; i++) {
-          const a = Math.abs(src[row + i]);
-          if (a > max) max = a;
-        }
-        const scale = max / 127;
-        scales[b * length + p] = scale;
-        const inv = scale > 0 ? 1 / scale : 0;
-        const base = b * run + row;
-        for (let i = 0; i < headDim; i++) q[base + i] = Math.round(src[row + i] * inv);
+      if (usable > 0) data.set(base!.kv.data.subarray(b * stride * width, (b * stride + from) * width), b * run * width);
+      if (usable === length) continue;
+      const src = srcOf(b);
+      if (codec === 'fp32') {
+        new Float32Array(data.buffer, (b * run + from) * 4, run - from).set(src.subarray(0, run - from));
+        continue;
       }
+      const bits = new Uint32Array(src.buffer, src.byteOffset, run - from);
+      const out = new Uint16Array(data.buffer, (b * run + from) * 2, run - from);
+      for (let i = 0; i < out.length; i++) out[i] = halfBitsFast(bits[i]);
+    }
+    return { codec, shape, length, data };
+  }
+  const scales = new Float32Array(data.buffer, 0, nBlocks * length);
+  const q = new Int8Array(data.buffer, nBlocks * length * 4);
+  const baseScales = usable > 0 ? new Float32Array(base!.kv.data.buffer, base!.kv.data.byteOffset, nBlocks * base!.kv.length) : undefined;
+  const baseQ = usable > 0 ? new Int8Array(base!.kv.data.buffer, base!.kv.data.byteOffset + nBlocks * base!.kv.length * 4, nBlocks * stride) : undefined;
+  for (let b = 0; b < nBlocks; b++) {
+    if (baseScales && baseQ) {
+      scales.set(baseScales.subarray(b * base!.kv.length, b * base!.kv.length + usable), b * length);
+      q.set(baseQ.subarray(b * stride, b * stride + from), b * run);
+    }
+    if (usable === length) continue;
+    const src = srcOf(b);
+    for (let p = usable; p < length; p++) {
+      const row = (p - usable) * headDim;
+      let max = 0;
+      for (let i = 0; i < headDim; i++) {
+        const a = Math.abs(src[row + i]);
+        if (a > max) max = a;
+      }
+      const scale = max / 127;
+      scales[b * length + p] = scale;
+      const inv = scale > 0 ? 1 / scale : 0;
+      const at = b * run + p * headDim;
+      for (let i = 0; i < headDim; i++) q[at + i] = Math.round(src[row + i] * inv);
     }
   }
-  return { codec, shape, length: length, data };
+  return { codec, shape, length, data };
 }
 
 function sameShape(a: KvShape, b: KvShape): boolean {

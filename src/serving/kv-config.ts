@@ -81,10 +81,10 @@ export function kvStoreSetup(config: KvConfig, bundle: KvBundleInfo, usableBytes
       throw new KvBudgetError(
         `FROMAGE_KV_CACHE_MB=${config.FROMAGE_KV_CACHE_MB} cannot hold one conversation's KV cache at full context ` +
           `(${bundle.maxPositions} positions stored as ${codec} take ${need} MiB for this model): set it to at least ${need}, ` +
-          `use FROMAGE_KV_CODEC=int8 to store them smaller, or set it to 0 to turn prefix reuse off`,
+          `store them smaller with FROMAGE_KV_CODEC=fp16 or int8, or set it to 0 to turn prefix reuse off`,
       );
     }
-    off = `the default budget (${mib(budgetBytes)}, a quarter of the memory beside the model) is below one conversation at full context (${need} MiB); set FROMAGE_KV_CACHE_MB to turn it on`;
+    off = `the default budget (${mib(budgetBytes)}, a quarter of the memory beside the model) is below one conversation at full context (${need} MiB as ${codec}); set FROMAGE_KV_CACHE_MB${codec === 'fp32' ? ', or FROMAGE_KV_CODEC=fp16 to store them in half the memory,' : ''} to turn it on`;
     budgetBytes = 0;
   }
   const dir = join(config.FROMAGE_DATA_DIR, 'kv');

@@ -32,10 +32,12 @@ export interface KvStoreOptions {
 }
 
 /**
- * fp16: converting back costs about 1% of the prefill it saves at the OPT-6.7B shape and keeps
- * twice as many conversations per MiB as fp32 (bench/kv-store.bench.ts, docs/runtime.md).
+ * fp32: every codec converts back for a few percent of the prefill it saves or less, so speed
+ * does not decide; exactness does: fp16 and int8 move the next logits (by 4e-2 on the
+ * OPT-125m-shaped bundle) and flipped greedy tokens, while an answer must not depend on
+ * whether its prefix was kept (bench/kv-store.bench.ts, docs/runtime.md "Kept caches").
  */
-export const DEFAULT_KV_CODEC: KvCodecName = 'fp16';
+export const DEFAULT_KV_CODEC: KvCodecName = 'fp32';
 
 /** Bookkeeping per entry besides its data (keys are counted at 8 bytes each on top). */
 const ENTRY_OVERHEAD_BYTES = 256;
@@ -144,13 +146,18 @@ export class PrefixStore implements KvStore {
   async insert(keys: readonly PositionKey[], from: KvReader): Promise<void> {
     if (!this.enabled || keys.length === 0) return;
     if (from.length < keys.length) throw new RangeError(`insert: ${keys.length} keys but the cache holds ${from.length} positions`);
+    let base: { kv: EncodedKv; length: number } | undefined;
     for (const entry of this.entries) {
-      if (entry.keys.length >= keys.length && commonPrefixLength(entry.keys, keys) === keys.length) {
+      const common = commonPrefixLength(entry.keys, keys);
+      if (common === keys.length) {
         this.touch(entry); // already kept, as itself or inside a longer sequence
         return;
       }
+      if (common > (base?.length ?? 0)) base = { kv: entry.kv, length: common };
     }
-    this.keep([...keys], encodeKv(from, keys.length, this.codec), false);
+    // The positions a kept entry already holds are copied as encoded, so keeping a dialogue's
+    // next turn encodes only that turn.
+    this.keep([...keys], encodeKv(from, keys.length, this.codec, base), false);
   }
 
   /** Adds an entry (evicting least recently used ones); drops entries it extends. */

@@ -90,6 +90,22 @@ describe('kept-cache codecs', () => {
     }
   });
 
+  it('extending a kept entry encodes only the new positions, byte for byte as a fresh encode', () => {
+    const longer = [...keys, ...tokens(5, 1)];
+    const full = ArrayKv.forKeys(longer);
+    for (const codec of KV_CODECS) {
+      const first = encodeKv(live, 9, codec);
+      // The positions the base holds are taken from it, not read again: garbage there is never looked at.
+      const reread = ArrayKv.forKeys(longer);
+      for (let j = 0; j < 4; j++) for (let h = 0; h < 2; h++) reread.read(j, h, 0, 9).fill(NaN);
+      const extended = encodeKv(reread, 14, codec, { kv: first, length: 9 });
+      expect(Buffer.from(extended.data).equals(Buffer.from(encodeKv(full, 14, codec).data)), codec).toBe(true);
+      // A base of another codec is ignored (everything is read).
+      const other = encodeKv(full, 14, codec, { kv: encodeKv(live, 9, codec === 'fp32' ? 'fp16' : 'fp32'), length: 9 });
+      expect(Buffer.from(other.data).equals(Buffer.from(encodeKv(full, 14, codec).data)), codec).toBe(true);
+    }
+  });
+
   it('refuses a live cache of another shape, or more positions than kept', () => {
     const kv = encodeKv(live, 9, 'fp16');
     expect(() => decodeKvInto(kv, new ArrayKv({ ...SHAPE, heads: 3 }, 9))).toThrow(/shape/);

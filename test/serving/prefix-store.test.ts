@@ -82,6 +82,19 @@ describe('prefix store: matching', () => {
     expect(got!.live.maxDiff(ArrayKv.forKeys(q), 11)).toBe(0);
   });
 
+  it('keeping the next turn reuses the encoded positions of the kept turn', async () => {
+    const store = createKvStore({ budgetBytes: 1 << 20, codec: 'fp32' });
+    const turn1 = tokens(10);
+    await store.insert(turn1, ArrayKv.forKeys(turn1));
+    const turn2 = [...turn1, ...tokens(4, 1)];
+    const live = ArrayKv.forKeys(turn2);
+    live.read(0, 0, 0, 10).fill(7); // not read again: the kept entry has them
+    await store.insert(turn2, live);
+    const got = await reuse(store, [...turn2, 1]);
+    expect(got?.length).toBe(14);
+    expect(got!.live.maxDiff(ArrayKv.forKeys(turn2), 14)).toBe(0);
+  });
+
   it('fp16 storage copies within half precision', async () => {
     const store = createKvStore({ budgetBytes: 1 << 20, codec: 'fp16' });
     const a = tokens(12);
