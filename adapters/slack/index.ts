@@ -25,7 +25,13 @@ export interface SlackAdapterOptions {
   /** HTTP mode: where to listen instead of SLACK_PORT on all interfaces (tests: 127.0.0.1, port 0). */
   readonly listen?: { readonly host?: string; readonly port: number };
   readonly statusIntervalMs?: number;
+  /** How long `start` may try to reach Slack before it gives up with a message (default 30 s). */
+  readonly startTimeoutMs?: number;
 }
+
+const DEFAULT_START_TIMEOUT_MS = 30_000;
+/** One request while starting; a network that drops packets otherwise waits forever. */
+const START_REQUEST_TIMEOUT_MS = 10_000;
 
 export interface SlackAdapter extends Adapter {
   /** HTTP mode: the port the events receiver listens on, once started. */
@@ -36,6 +42,27 @@ export interface SlackAdapter extends Adapter {
 
 export function createSlackAdapter(config: SlackConfig, logger: AdapterLogger, options: SlackAdapterOptions = {}): SlackAdapter {
   return new BoltSlackAdapter(config, logger.child({ adapter: 'slack' }), options);
+}
+
+function hostOf(url: string): string {
+  try {
+    return new URL(url).host;
+  } catch {
+    return url;
+  }
+}
+
+/** The low-level cause (ECONNREFUSED, ENOTFOUND, a timeout) rather than "fetch failed". */
+function describeNetworkError(err: unknown): string {
+  let e: unknown = err;
+  const parts: string[] = [];
+  for (let depth = 0; e instanceof Error && depth < 4; depth++) {
+    const code = (e as Error & { code?: unknown }).code;
+    parts.push(typeof code === 'string' && !parts.includes(code) ? `${code}` : e.message);
+    e = (e as Error & { cause?: unknown }).cause ?? (e as Error & { original?: unknown }).original;
+  }
+  const text = parts.filter(Boolean).join(': ');
+  return text.length > 0 ? text.slice(0, 200) : String(err);
 }
 
 const HANDLER_FAILED =
@@ -67,19 +94,12 @@ class BoltSlackAdapter implements SlackAdapter {
     if (!token) throw new UserFacingError('SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...) from your Slack app.');
     const mode = slackMode(this.config);
     const clientOptions = webClientOptions(this.config.SLACK_API_URL, { logger: boltLogger(this.log), ...this.options.clientOptions });
-    const client = createWebClient(token, clientOptions);
-    let auth;
-    try {
-      auth = await client.auth.test();
-    } catch (err) {
-      const code = slackErrorCode(err);
-      if (code) throw new UserFacingError(`Slack rejected SLACK_BOT_TOKEN (${code}): copy the Bot User OAuth Token again from OAuth & Permissions.`, { cause: err });
-      throw new UserFacingError(`Could not reach Slack at ${this.config.SLACK_API_URL} (${(err as Error).message}): check the network, or SLACK_API_URL.`, { cause: err });
-    }
+    const startDeadline = Date.now() + (this.options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
+    const auth = await this.checkToken(token, clientOptions, startDeadline);
     this.handler = handler;
     this.teamId = auth.team_id ?? '';
     this.botUserId = auth.user_id;
-    this.api = webApi(client);
+    this.api = webApi(createWebClient(token, clientOptions));
     const api = this.api;
     this.imageDeps = {
       token,
@@ -107,13 +127,55 @@ class BoltSlackAdapter implements SlackAdapter {
       this.httpPort = (server.address() as AddressInfo).port;
       this.log.info({ port: this.httpPort }, 'slack: HTTP mode, receiving events at /slack/events');
     } else {
+      // Bolt's socket client retries an unreachable Slack for ever; starting has a deadline.
+      let timer: NodeJS.Timeout | undefined;
+      const waitMs = Math.max(1000, startDeadline - Date.now());
+      const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), waitMs)));
       try {
-        await app.start();
+        const outcome = await Promise.race([app.start().then(() => 'connected' as const), timedOut]);
+        if (outcome === 'timeout') {
+          await app.stop().catch(() => undefined);
+          throw new UserFacingError(
+            `Socket Mode did not connect to Slack within ${Math.round(waitMs / 1000)} s (through ${hostOf(this.config.SLACK_API_URL)}, then Slack's WebSocket server): check the network (a firewall or proxy blocking wss://), SLACK_APP_TOKEN, and SLACK_API_URL.`,
+          );
+        }
       } catch (err) {
+        if (err instanceof UserFacingError) throw err;
         const code = slackErrorCode(err) ?? (err as Error).message;
         throw new UserFacingError(`Socket Mode could not connect (${code}): check SLACK_APP_TOKEN, an app-level token with connections:write, and that Socket Mode is enabled for the app.`, { cause: err });
+      } finally {
+        clearTimeout(timer);
       }
       this.log.info('slack: connected in Socket Mode');
+    }
+  }
+
+  /**
+   * auth.test, retried with a visible backoff while Slack cannot be reached, until the deadline;
+   * a rejected token fails at once. The service's normal retry policy would wait minutes, silently.
+   */
+  private async checkToken(token: string, clientOptions: WebClientOptions, deadline: number) {
+    const host = hostOf(this.config.SLACK_API_URL);
+    let delayMs = 1000;
+    for (let attempt = 1; ; attempt++) {
+      const timeout = Math.max(1000, Math.min(START_REQUEST_TIMEOUT_MS, deadline - Date.now()));
+      const client = createWebClient(token, { ...clientOptions, retryConfig: { retries: 0 }, timeout });
+      try {
+        return await client.auth.test();
+      } catch (err) {
+        const code = slackErrorCode(err);
+        if (code) throw new UserFacingError(`Slack rejected SLACK_BOT_TOKEN (${code}): copy the Bot User OAuth Token again from OAuth & Permissions.`, { cause: err });
+        const reason = describeNetworkError(err);
+        const left = deadline - Date.now();
+        if (left <= delayMs)
+          throw new UserFacingError(
+            `Could not reach Slack at ${host} after ${attempt} attempt${attempt === 1 ? '' : 's'} (${reason}): check the network (DNS, a firewall or proxy), or SLACK_API_URL if it points elsewhere (now ${this.config.SLACK_API_URL}).`,
+            { cause: err },
+          );
+        this.log.warn(`slack: cannot reach ${host} (${reason}); trying again in ${Math.round(delayMs / 1000)} s (giving up in ${Math.round(left / 1000)} s)`);
+        await new Promise((r) => setTimeout(r, delayMs));
+        delayMs = Math.min(delayMs * 2, 8000);
+      }
     }
   }
 

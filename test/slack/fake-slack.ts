@@ -66,6 +66,8 @@ export class FakeSlack {
   readonly failures = new Map<string, string>();
   private server: Server | undefined;
   private wss: WebSocketServer | undefined;
+  /** Where apps.connections.open sends the client instead of this fake's socket (an unreachable server). */
+  socketUrlOverride: string | undefined;
   private sockets = new Set<WebSocket>();
   private nextTs = 1000;
   private nextFile = 1;
@@ -172,7 +174,7 @@ export class FakeSlack {
       case 'auth.test':
         return json(res, { ok: true, url: 'https://fake.slack.com/', team: 'Fake', user: 'fromage', team_id: TEAM_ID, user_id: BOT_USER_ID, bot_id: 'BBOT' });
       case 'apps.connections.open':
-        return json(res, { ok: true, url: `ws://127.0.0.1:${this.port}/socket` });
+        return json(res, { ok: true, url: this.socketUrlOverride ?? `ws://127.0.0.1:${this.port}/socket` });
       case 'chat.postMessage': {
         const ts = `${this.nextTs++}.000100`;
         this.messages.push({ ts, channel: args.channel, threadTs: args.thread_ts, text: args.text });

@@ -1,4 +1,6 @@
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { createServer } from 'node:http';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.ts';
 import { createLogger } from '../../src/log.ts';
 import { createSlackAdapter } from '../../adapters/slack/index.ts';
@@ -48,4 +50,54 @@ it('refuses to start when Slack rejects the app token', async () => {
   const adapter = createSlackAdapter(config, createLogger({ LOG_LEVEL: 'silent' }), { clientOptions: { retryConfig: { retries: 0 } } });
   await expect(adapter.start(async () => undefined)).rejects.toThrow(/Socket Mode could not connect \(.*\): check SLACK_APP_TOKEN/);
   await adapter.stop();
+});
+
+describe('Slack unreachable (issue 11, bug 4)', () => {
+  const silent = () => createLogger({ LOG_LEVEL: 'silent' });
+
+  it('fails within the deadline when nothing listens at SLACK_API_URL, naming the host and the variable', async () => {
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const { port } = closed.address() as AddressInfo;
+    await new Promise<void>((r) => closed.close(() => r()));
+    const config = loadConfig({ SLACK_BOT_TOKEN: BOT_TOKEN, SLACK_APP_TOKEN: APP_TOKEN, SLACK_API_URL: `http://127.0.0.1:${port}/api/` });
+    const warnings: string[] = [];
+    const logger = { ...silent(), warn: (m: unknown) => void warnings.push(String(m)), child: () => logger } as unknown as ReturnType<typeof silent>;
+    const adapter = createSlackAdapter(config, logger, { startTimeoutMs: 2500 });
+    const started = Date.now();
+    await expect(adapter.start(async () => undefined)).rejects.toThrow(
+      new RegExp(`Could not reach Slack at 127\\.0\\.0\\.1:${port} after \\d attempts \\(.*ECONNREFUSED.*\\): check the network .*SLACK_API_URL`),
+    );
+    expect(Date.now() - started).toBeLessThan(6000);
+    // The waiting was visible, with its backoff.
+    expect(warnings.join('\n')).toMatch(/cannot reach 127\.0\.0\.1:\d+ .*trying again in 1 s/);
+  });
+
+  it('fails within the deadline when Slack accepts connections but never answers', async () => {
+    const sockets = new Set<Socket>();
+    const blackHole = createNetServer((s) => void sockets.add(s));
+    await new Promise<void>((r) => blackHole.listen(0, '127.0.0.1', r));
+    const { port } = blackHole.address() as AddressInfo;
+    try {
+      const config = loadConfig({ SLACK_BOT_TOKEN: BOT_TOKEN, SLACK_APP_TOKEN: APP_TOKEN, SLACK_API_URL: `http://127.0.0.1:${port}/api/` });
+      const adapter = createSlackAdapter(config, silent(), { startTimeoutMs: 1500 });
+      const started = Date.now();
+      await expect(adapter.start(async () => undefined)).rejects.toThrow(/Could not reach Slack at 127\.0\.0\.1:\d+ after 1 attempt .*SLACK_API_URL/);
+      expect(Date.now() - started).toBeLessThan(5000);
+    } finally {
+      for (const s of sockets) s.destroy();
+      blackHole.close();
+    }
+  }, 15_000);
+
+  it('gives Socket Mode a deadline when the WebSocket server cannot be reached', async () => {
+    const config = loadConfig({ SLACK_BOT_TOKEN: BOT_TOKEN, SLACK_APP_TOKEN: APP_TOKEN, SLACK_API_URL: fake.apiUrl });
+    fake.socketUrlOverride = 'ws://127.0.0.1:9/unreachable';
+    try {
+      const adapter = createSlackAdapter(config, silent(), { startTimeoutMs: 1500 });
+      await expect(adapter.start(async () => undefined)).rejects.toThrow(/Socket Mode did not connect to Slack within \d+ s .*SLACK_APP_TOKEN/);
+    } finally {
+      fake.socketUrlOverride = undefined;
+    }
+  }, 15_000);
 });
