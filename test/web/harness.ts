@@ -83,7 +83,7 @@ export class ScriptedEngine implements Engine {
   private gate: Promise<void> = Promise.resolve();
 
   constructor(
-    private readonly script: (question: string, images: number) => Script | undefined,
+    private readonly script: (question: string, images: number) => Script | undefined | Promise<Script | undefined>,
     private readonly stepMs = 40,
   ) {}
 
@@ -107,7 +107,7 @@ export class ScriptedEngine implements Engine {
     const texts = prompt.filter((p) => p.type === 'text').map((p) => (p.type === 'text' ? p.text : ''));
     const question = /Q: ([\s\S]*)\nA:$/.exec(texts[texts.length - 1] ?? '')?.[1] ?? '';
     const images = prompt.filter((p) => p.type === 'image').length;
-    const planned = this.script(question, images) ?? { segments: [{ type: 'text', text: `You said: ${question} (${images} image(s) so far)` }] };
+    const planned = (await this.script(question, images)) ?? { segments: [{ type: 'text', text: `You said: ${question} (${images} image(s) so far)` }] };
     for (const piece of planned.stream ?? []) {
       options.onText?.(piece);
       await new Promise((r) => setTimeout(r, this.stepMs));
