@@ -9,164 +9,30 @@
  *     --shape opt-6.7b --clip tiny --keep` leaves in /tmp/fromage-bench-convert/opt-6.7b/bundle-int4:
  *     prefill tokens/s, decode ms/token (KV cache) and peak RSS.
  *  c. (--vision) CLIP ViT-L/14-shaped vision graph (1024 x 24 layers, 224 px, patch 14): ms/image.
+ *  d. (--threads-compare, with or without --bundle) onnxruntime's own thread default against the
+ *     count FROMAGE_THREADS=0 picks (src/model/threads.ts): prefill positions/s and decode
+ *     ms/token, arms alternated over --rounds fresh loads, ratio printed.
  *
  * Synthetic sources are written in facebook/opt-* / openai/clip-* / FROMAGe layouts and go
- * through the real converter (convertBundle), so the graphs are the ones users get. Runs on
- * however many cores onnxruntime sees (FROMAGE_THREADS to pin).
+ * through the real converter (convertBundle), so the graphs are the ones users get. Threads:
+ * what a user gets (FROMAGE_THREADS, 0 = the CPUs this process may use).
  *
  *   npx tsx bench/decode.bench.ts [--contexts 64,256,1024,2000] [--tokens 8] [--recompute-max 1024] [--vision] [--keep DIR]
  *   npx tsx bench/decode.bench.ts --bundle DIR [--contexts 64] [--tokens 16]
+ *   npx tsx bench/decode.bench.ts [--bundle DIR] --threads-compare [--contexts 256] [--tokens 16] [--rounds 2]
  */
-import { existsSync } from 'node:fs';
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { convertBundle } from '../src/convert/convert.ts';
-import { openCheckpoint } from '../src/convert/readers/index.ts';
-import { writeTorchZipCheckpoint, type TorchTensorSpec } from '../src/convert/readers/torch-zip-writer.ts';
-import { float32ToFloat16Bits } from '../src/convert/quantize.ts';
 import { openBundle } from '../src/model/bundle.ts';
 import { generateTokens, generateTokensRecompute, type GenerateSettings } from '../src/model/generate.ts';
 import { FromageGraphs } from '../src/model/graphs.ts';
 import type { AssembledPrompt } from '../src/model/prompt.ts';
-import { BYTE_TO_CHAR } from '../src/model/tokenizer/byte-level.ts';
-import { assignShards, optTensorSpecs, type OptDims } from './convert-synthetic.ts';
-import { xorshift32 } from './xorshift.ts';
-import { readFileSync } from 'node:fs';
-
-const FIXTURES = join(import.meta.dirname, '../test/fixtures');
-const OPT_125M: OptDims = { hidden: 768, layers: 12, heads: 12, ffn: 3072, vocab: 50272, maxPositions: 2048, maxShardBytes: 1_000_000_000 };
-const CLIP_L14 = { hidden: 1024, layers: 24, heads: 16, intermediate: 4096, image: 224, patch: 14 };
-
-/** Deterministic pseudo-normal values (fp16 or fp32 bytes), generated in chunks. */
-function* randomBytes(spec: TorchTensorSpec, seed: number, std: number, mean = 0): Generator<Uint8Array> {
-  const n = spec.shape.reduce((a, b) => a * b, 1);
-  const next = xorshift32(seed * 2654435761);
-  const CHUNK = 1 << 20;
-  for (let at = 0; at < n; at += CHUNK) {
-    const m = Math.min(CHUNK, n - at);
-    if (spec.dtype === 'float16') {
-      const out = new Uint16Array(m);
-      for (let i = 0; i < m; i++) out[i] = float32ToFloat16Bits(mean + std * (next() + next() + next() - 1.5) * 2);
-      yield new Uint8Array(out.buffer);
-    } else {
-      const out = new Float32Array(m);
-      for (let i = 0; i < m; i++) out[i] = mean + std * (next() + next() + next() - 1.5) * 2;
-      yield new Uint8Array(out.buffer);
-    }
-  }
-}
-
-function stdFor(name: string): { std: number; mean: number } {
-  if (/norm.*weight|layrnorm.*weight|layer_norm\d?\.weight/.test(name)) return { std: 0.02, mean: 1 };
-  if (name.endsWith('.bias')) return { std: 0.01, mean: 0 };
-  return { std: 0.02, mean: 0 };
-}
-
-async function writeCheckpoint(path: string, specs: readonly TorchTensorSpec[]): Promise<void> {
-  const folder = path.split('/').pop()!.replace(/\.[^.]+$/, '');
-  await writeTorchZipCheckpoint(path, specs, (spec, i) => {
-    const { std, mean } = stdFor(spec.name);
-    return randomBytes(spec, i + 7, std, mean);
-  }, { folder });
-}
-
-/** facebook/opt-*-shaped folder: config, tokenizer files (a synthetic 50265-entry vocabulary), fp16 shards. */
-async function writeOpt(dir: string, d: OptDims): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  const vocab: Record<string, number> = { '<s>': 0, '<pad>': 1, '</s>': 2, '<unk>': 3 };
-  let next = 4;
-  const order = [...Array(256).keys()].sort((a, b) => (BYTE_TO_CHAR[a].codePointAt(0)! > 255 ? 1 : 0) - (BYTE_TO_CHAR[b].codePointAt(0)! > 255 ? 1 : 0) || a - b);
-  for (const b of order) vocab[BYTE_TO_CHAR[b]] = next++;
-  for (let i = 0; next < 50265; i++) vocab[`\u0120w${i}`] = next++;
-  await writeFile(join(dir, 'vocab.json'), JSON.stringify(vocab));
-  await writeFile(join(dir, 'merges.txt'), '#version: 0.2\n');
-  await cp(join(FIXTURES, 'facebook/opt-6.7b/tokenizer_config.json'), join(dir, 'tokenizer_config.json'));
-  await cp(join(FIXTURES, 'facebook/opt-6.7b/special_tokens_map.json'), join(dir, 'special_tokens_map.json'));
-  const config = JSON.parse(await readFile(join(FIXTURES, 'facebook/opt-6.7b/config.json'), 'utf8')) as Record<string, unknown>;
-  Object.assign(config, { hidden_size: d.hidden, num_hidden_layers: d.layers, num_attention_heads: d.heads, ffn_dim: d.ffn, vocab_size: d.vocab, max_position_embeddings: d.maxPositions, word_embed_proj_dim: d.hidden });
-  await writeFile(join(dir, 'config.json'), JSON.stringify(config));
-  const shards = assignShards(optTensorSpecs(d), d.maxShardBytes);
-  const names = shards.map((_, i) => `pytorch_model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.bin`);
-  const weightMap: Record<string, string> = {};
-  for (let i = 0; i < shards.length; i++) {
-    for (const s of shards[i]) weightMap[s.name] = names[i];
-    await writeCheckpoint(join(dir, names[i]), shards[i]);
-  }
-  await writeFile(join(dir, 'pytorch_model.bin.index.json'), JSON.stringify({ metadata: { total_size: 0 }, weight_map: weightMap }));
-}
-
-/** openai/clip-*-shaped folder: the fixture's tensor names with ViT-L/14 dimensions (vision tower only). */
-async function writeClip(dir: string, large: boolean): Promise<number> {
-  await mkdir(dir, { recursive: true });
-  const src = join(FIXTURES, 'openai/clip-vit-large-patch14');
-  if (!large) {
-    await cp(src, dir, { recursive: true });
-    return 48;
-  }
-  const c = CLIP_L14;
-  const config = JSON.parse(await readFile(join(src, 'config.json'), 'utf8')) as { vision_config: Record<string, unknown> };
-  Object.assign(config.vision_config, { hidden_size: c.hidden, num_hidden_layers: c.layers, num_attention_heads: c.heads, intermediate_size: c.intermediate, image_size: c.image, patch_size: c.patch });
-  await writeFile(join(dir, 'config.json'), JSON.stringify(config));
-  const pre = JSON.parse(await readFile(join(src, 'preprocessor_config.json'), 'utf8')) as Record<string, unknown>;
-  await writeFile(join(dir, 'preprocessor_config.json'), JSON.stringify({ ...pre, size: c.image, crop_size: c.image }));
-  const tiny = await openCheckpoint(join(src, 'model.safetensors'));
-  const positions = (c.image / c.patch) ** 2 + 1;
-  const specs: TorchTensorSpec[] = [];
-  for (const name of tiny.keys()) {
-    if (!name.startsWith('vision_model.')) continue;
-    const info = tiny.info(name);
-    const map = (d: number, i: number): number => (d === 48 ? c.hidden : d === 96 ? c.intermediate : d === 17 ? positions : d === 8 && i >= 2 ? c.patch : d);
-    specs.push({ name, dtype: info.dtype === 'int64' ? 'int64' : 'float16', shape: info.shape.map(map) });
-  }
-  await tiny.close();
-  let layer = specs.filter((s) => s.name.includes('encoder.layers.0.'));
-  const rest = specs.filter((s) => !s.name.includes('encoder.layers.'));
-  for (let l = 0; l < c.layers; l++) rest.push(...layer.map((s) => ({ ...s, name: s.name.replace('layers.0.', `layers.${l}.`) })));
-  layer = [];
-  const ids = rest.find((s) => s.dtype === 'int64');
-  await writeTorchZipCheckpoint(join(dir, 'pytorch_model.bin'), rest, (spec, i) => {
-    if (spec === ids) {
-      const v = new BigInt64Array(spec.shape.reduce((a, b) => a * b, 1)).map((_, k) => BigInt(k));
-      return [new Uint8Array(v.buffer)];
-    }
-    const { std, mean } = stdFor(spec.name);
-    return randomBytes(spec, i + 99, std, mean);
-  }, { folder: 'pytorch_model' });
-  return c.hidden;
-}
-
-async function writeFromage(dir: string, hidden: number, clipHidden: number): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  const args = JSON.parse(await readFile(join(FIXTURES, 'fromage_model/model_args.json'), 'utf8')) as Record<string, unknown>;
-  const E = 256;
-  await writeFile(join(dir, 'model_args.json'), JSON.stringify({ ...args, shared_emb_dim: E, n_visual_tokens: 1, retrieval_token_idx: 50266 }));
-  const t = (name: string, shape: number[]): TorchTensorSpec => ({ name, dtype: 'float32', shape });
-  await writeCheckpoint(join(dir, 'pretrained_ckpt.pth.tar'), [
-    t('model.logit_scale', []),
-    t('model.visual_embeddings.weight', [hidden, clipHidden]),
-    t('model.visual_embeddings.bias', [hidden]),
-    t('model.visual_fc.weight', [E, clipHidden]),
-    t('model.visual_fc.bias', [E]),
-    t('model.text_hidden_fcs.0.0.weight', [E, hidden]),
-    t('model.text_hidden_fcs.0.0.bias', [E]),
-    t('ret_input_embeddings.weight', [1, hidden]),
-  ]);
-}
-
-async function buildBundle(root: string, largeVision: boolean): Promise<string> {
-  const opt = join(root, 'opt');
-  const clip = join(root, 'clip');
-  const fromage = join(root, 'fromage');
-  // With --keep, sources already written are reused.
-  if (!existsSync(join(opt, 'config.json'))) await writeOpt(opt, OPT_125M);
-  const clipHidden = await writeClip(clip, largeVision);
-  await writeFromage(fromage, OPT_125M.hidden, clipHidden);
-  const out = join(root, 'bundle');
-  await convertBundle({ optDir: opt, clipDir: clip, fromageDir: fromage, outDir: out, weights: 'fp32', progress: { silent: true } });
-  return out;
-}
+import type { SessionOptions } from '../src/model/session.ts';
+import { resolveThreads } from '../src/model/threads.ts';
+import { syntheticBundle } from './synthetic-bundle.ts';
 
 function randomPrompt(graphs: FromageGraphs, length: number): Promise<AssembledPrompt> {
   const ids = Array.from({ length }, (_, i) => 4 + ((i * 7919) % (graphs.vocab - 6)));
@@ -174,7 +40,7 @@ function randomPrompt(graphs: FromageGraphs, length: number): Promise<AssembledP
 }
 
 /** b: prefill and cached decode on a given bundle (no recompute: at 6.7B it would take minutes per token). */
-async function benchBundle(dir: string, contexts: number[], tokens: number, threads: number | undefined): Promise<void> {
+async function benchBundle(dir: string, contexts: number[], tokens: number, threads: SessionOptions['threads']): Promise<void> {
   const t0 = performance.now();
   const bundle = await openBundle(dir, { threads });
   const m = bundle.manifest;
@@ -200,11 +66,70 @@ async function benchBundle(dir: string, contexts: number[], tokens: number, thre
     const median = steps[Math.floor(steps.length / 2)];
     process.stdout.write(`${String(ctx).padStart(7)} | ${(ctx / (prefillMs / 1000)).toFixed(1).padStart(13)} | ${median.toFixed(1).padStart(24)} | ${(1000 / median).toFixed(2)}\n`);
   }
-  process.stdout.write(`peak RSS ${(process.resourceUsage().maxRSS / 2 ** 20).toFixed(2)} GiB, threads ${threads ?? 'default'}\n`);
+  process.stdout.write(`peak RSS ${(process.resourceUsage().maxRSS / 2 ** 20).toFixed(2)} GiB, threads ${resolveThreads(typeof threads === 'number' ? threads : 0).threads}\n`);
   const now = residentBreakdown();
   // File-backed pages are the mapped weight files: the kernel can drop them under pressure.
   if (now) process.stdout.write(`resident now: ${now.anon.toFixed(2)} GiB private (anonymous) + ${now.file.toFixed(2)} GiB file-backed\n`);
   await bundle.release();
+}
+
+interface ArmResult {
+  readonly prefill: number;
+  readonly msPerToken: number;
+  readonly loadS: number;
+}
+
+/** One fresh load, one prefill of `ctx` positions, `tokens` cached decode steps. */
+async function runArm(dir: string, threads: SessionOptions['threads'], ctx: number, tokens: number): Promise<ArmResult> {
+  const t0 = performance.now();
+  const bundle = await openBundle(dir, { threads });
+  const loadS = (performance.now() - t0) / 1000;
+  try {
+    const graphs = new FromageGraphs(bundle);
+    const m = bundle.manifest;
+    const prompt = await randomPrompt(graphs, ctx);
+    // A short warm-up: first runs allocate the arena.
+    await generateTokens(graphs, await randomPrompt(graphs, 8), { numWords: 2, seed: 0, maxPositions: m.model.max_positions, retId: m.tokens.ret, retScaleFactor: 1, minWordTokens: 0, temperature: 0, topP: 1 });
+    let prefillMs = 0;
+    const steps: number[] = [];
+    const start = performance.now();
+    let last = start;
+    await generateTokens(graphs, prompt, { numWords: tokens, seed: 0, maxPositions: m.model.max_positions, retId: m.tokens.ret, retScaleFactor: 1, minWordTokens: 0, temperature: 0, topP: 1 }, {
+      onToken: (ids) => {
+        const now = performance.now();
+        if (ids.length === 1) prefillMs = now - start;
+        else steps.push(now - last);
+        last = now;
+      },
+    });
+    return { prefill: ctx / (prefillMs / 1000), msPerToken: median(steps), loadS };
+  } finally {
+    await bundle.release();
+  }
+}
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** d: onnxruntime's default thread pool against the count FROMAGE_THREADS=0 picks, alternated. */
+async function compareThreads(dir: string, ctx: number, tokens: number, rounds: number): Promise<void> {
+  const chosen = resolveThreads(0);
+  process.stdout.write(`\nd. threads: onnxruntime's default vs FROMAGE_THREADS=0 -> ${chosen.threads} (${chosen.reason}); context ${ctx}, ${tokens} tokens, ${rounds} round(s), arms alternated\n`);
+  const arms: { label: string; threads: SessionOptions['threads']; runs: ArmResult[] }[] = [
+    { label: "onnxruntime's default", threads: 'onnxruntime-default', runs: [] },
+    { label: `chosen: ${chosen.threads}`, threads: chosen.threads, runs: [] },
+  ];
+  for (let r = 0; r < rounds; r++) {
+    // Alternate which arm goes first, so drift in the machine's load hits both.
+    for (const arm of r % 2 === 0 ? arms : [...arms].reverse()) arm.runs.push(await runArm(dir, arm.threads, ctx, tokens));
+  }
+  process.stdout.write('arm                   | load s | prefill positions/s | decode ms/token (median of runs)\n');
+  const summary = arms.map((a) => ({ label: a.label, load: median(a.runs.map((x) => x.loadS)), prefill: median(a.runs.map((x) => x.prefill)), ms: median(a.runs.map((x) => x.msPerToken)) }));
+  for (const a of summary) process.stdout.write(`${a.label.padEnd(21)} | ${a.load.toFixed(1).padStart(6)} | ${a.prefill.toFixed(1).padStart(19)} | ${a.ms.toFixed(1)}  (runs: ${arms.find((x) => x.label === a.label)!.runs.map((x) => x.msPerToken.toFixed(0)).join(', ')})\n`);
+  const [d, c] = summary;
+  process.stdout.write(`chosen vs default: prefill ${(c.prefill / d.prefill).toFixed(2)}x faster, decode ${(d.ms / c.ms).toFixed(2)}x faster\n`);
 }
 
 async function main(): Promise<void> {
@@ -216,9 +141,17 @@ async function main(): Promise<void> {
       keep: { type: 'string' },
       bundle: { type: 'string' },
       'recompute-max': { type: 'string' },
+      'threads-compare': { type: 'boolean', default: false },
+      rounds: { type: 'string', default: '2' },
     },
   });
   const threads = Number(process.env.FROMAGE_THREADS) || undefined;
+  if (values['threads-compare']) {
+    const root = values.keep ?? join(tmpdir(), 'fromage-decode-bench');
+    const dir = values.bundle ?? (await syntheticBundle(root));
+    await compareThreads(dir, Number(values.contexts ?? '256'), Number(values.tokens ?? '16'), Number(values.rounds));
+    return;
+  }
   if (values.bundle) {
     await benchBundle(values.bundle, (values.contexts ?? '64').split(',').map(Number), Number(values.tokens ?? '16'), threads);
     return;
@@ -229,8 +162,7 @@ async function main(): Promise<void> {
   const root = values.keep ?? (await mkdtemp(join(tmpdir(), 'fromage-decode-bench-')));
   try {
     const t0 = performance.now();
-    const dir = join(root, 'bundle');
-    const bundleDir = values.keep && existsSync(join(dir, 'fromage.json')) ? dir : await buildBundle(root, values.vision);
+    const bundleDir = await syntheticBundle(root, { largeVision: values.vision });
     process.stdout.write(`bundle (OPT-125m shape${values.vision ? ' + CLIP ViT-L/14 shape' : ''}, fp32) ready in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
     const bundle = await openBundle(bundleDir, { threads });
     const graphs = new FromageGraphs(bundle);
@@ -277,7 +209,7 @@ async function main(): Promise<void> {
       for (let i = 0; i < runs; i++) await graphs.encodeImage(px);
       process.stdout.write(`\nc. vision graph (CLIP ViT-L/14 shape, ${S}px, fp32): ${((performance.now() - v0) / runs).toFixed(0)} ms/image\n`);
     }
-    process.stdout.write(`\nrss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB, peak RSS ${(process.resourceUsage().maxRSS / 2 ** 10).toFixed(0)} MiB, threads ${threads ?? 'default'}\n`);
+    process.stdout.write(`\nrss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB, peak RSS ${(process.resourceUsage().maxRSS / 2 ** 10).toFixed(0)} MiB, threads ${resolveThreads(threads).threads}\n`);
     await bundle.release();
   } finally {
     if (!values.keep) await rm(root, { recursive: true, force: true });

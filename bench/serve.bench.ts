@@ -1,0 +1,318 @@
+/**
+ * `npm run bench:serve`: conversation-speed serving through the real FromageEngine (worker
+ * thread, the service's prompt builder), on a bundle given by --bundle or, by default, a
+ * random-weight OPT-125m-shaped one built (once, then reused) under --work.
+ *
+ *  load. engine start until ready, and to the first token of a first answer (fresh engines);
+ *        where the time goes in-process: manifest + tokenizer, each graph's session, RSS split.
+ *  a. multi-turn: a 12-turn dialogue (~30 words of user text per turn, an image every 4th
+ *     turn, 32-token answers): time to first token per turn, reuse off (kvCacheMb 0) vs on
+ *     (the engine's default budget).
+ *  b. resume: that dialogue's turn 13 on a fresh engine, from the disk spill (kvDir) vs cold.
+ *  c. concurrency: 1, 2, 4, 8 conversations at once: aggregate tokens/s, per-conversation
+ *     ms/token (engine option batch = 8).
+ *  d. memory: peak RSS (in a child process of its own) with 4 active conversations plus kept
+ *     caches filled to the budget.
+ *
+ * Engine options this bench sets (kvCacheMb, kvDiskMb, kvDir, batch) are looked up in the
+ * engine's worker protocol; a feature not in this build is printed "n/a (not available in this
+ * build)", never estimated. Greedy decoding throughout; time to first token = from the chat
+ * call to the first onText callback.
+ *
+ *   npm run bench:serve -- [--bundle DIR] [--weights int4|fp32] [--work DIR] [--turns 12]
+ *                          [--answer 32] [--only load,a,b,c,d] [--kv-mb N]
+ */
+import { fork } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { pathToFileURL } from 'node:url';
+import sharp from 'sharp';
+import { createHash } from 'node:crypto';
+import type { StoredImage, Turn } from '../src/conversation/history.ts';
+import { buildPrompt } from '../src/conversation/prompt.ts';
+import { DEFAULT_SETTINGS } from '../src/conversation/types.ts';
+import { readManifest, TOKENIZER_FILE } from '../src/model/bundle.ts';
+import { FromageEngine, type EngineOptions } from '../src/model/engine.ts';
+import { createSession } from '../src/model/session.ts';
+import { resolveThreads } from '../src/model/threads.ts';
+import { Tokenizer } from '../src/model/tokenizer/tokenizer.ts';
+import { SYNTHETIC_WORDS, syntheticBundle } from './synthetic-bundle.ts';
+import { xorshift32 } from './xorshift.ts';
+
+const NA = 'n/a (not available in this build)';
+const out = (s: string): boolean => process.stdout.write(s);
+
+/** Engine options this build's worker protocol declares (the serving features arrive separately). */
+function engineSupports(option: string): boolean {
+  const protocol = readFileSync(new URL('../src/model/worker-protocol.ts', import.meta.url), 'utf8');
+  return new RegExp(`\\b${option}\\??\\s*:`).test(protocol);
+}
+
+interface Features {
+  readonly reuse: boolean;
+  readonly spill: boolean;
+  readonly batch: boolean;
+}
+
+function features(): Features {
+  return { reuse: engineSupports('kvCacheMb'), spill: engineSupports('kvDir'), batch: engineSupports('batch') };
+}
+
+/** Options beyond the base set, passed only when the build knows them. */
+function engineOptions(bundleDir: string, extra: Record<string, unknown> = {}): EngineOptions {
+  return { bundleDir, indexDirs: [], fetch: false, onLog: () => undefined, ...extra } as EngineOptions;
+}
+
+/** Deterministic user text of about `words` words. */
+function userText(turn: number, words: number): string {
+  const next = xorshift32(1000 + turn);
+  return Array.from({ length: words }, () => SYNTHETIC_WORDS[Math.floor(next() * SYNTHETIC_WORDS.length)]).join(' ') + '?';
+}
+
+/** A 640x480 picture, different per seed (PNG, as the service stores images). */
+async function picture(seed: number): Promise<StoredImage> {
+  const next = xorshift32(seed);
+  const w = 640;
+  const h = 480;
+  const px = Buffer.alloc(w * h * 3);
+  const [a, b, c] = [next() * 255, next() * 255, next() * 255];
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+    const i = (y * w + x) * 3;
+    px[i] = (a + x) & 255;
+    px[i + 1] = (b + y) & 255;
+    px[i + 2] = (c + x + y) & 255;
+  }
+  const data = await sharp(px, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer();
+  return { hash: createHash('sha256').update(data).digest('hex'), data };
+}
+
+interface TurnTiming {
+  readonly positions: number;
+  readonly ttftMs: number;
+  readonly totalMs: number;
+  readonly tokens: number;
+}
+
+/** Runs one chat turn, timing the first onText callback. */
+async function timedChat(engine: FromageEngine, history: readonly Turn[], current: Turn, answer: number): Promise<{ timing: TurnTiming; historyText: string }> {
+  const prompt = await buildPrompt(history, current, { contextLength: engine.info.contextLength, nVisualTokens: engine.info.nVisualTokens, maxWords: answer, countTokens: (t) => engine.countTokens(t) });
+  let first = 0;
+  const t0 = performance.now();
+  const r = await engine.chat(prompt.items, { ...DEFAULT_SETTINGS, maxWords: answer, temperature: 0 }, { onText: () => (first ||= performance.now()) });
+  const end = performance.now();
+  const historyText = r.historyText ?? r.segments.flatMap((s) => (s.type === 'text' ? [s.text] : [])).join(' ');
+  return { timing: { positions: prompt.length, ttftMs: (first || end) - t0, totalMs: end - t0, tokens: r.generatedTokens }, historyText };
+}
+
+/** The dialogue's turns 1..n (user turns, images every 4th), answered by `engine`; returns timings and the history. */
+async function dialogue(engine: FromageEngine, turns: number, answer: number, words: number, history: Turn[] = []): Promise<{ timings: TurnTiming[]; history: Turn[] }> {
+  const timings: TurnTiming[] = [];
+  const start = history.filter((t) => t.role === 'user').length;
+  for (let t = start + 1; t <= start + turns; t++) {
+    const current: Turn = { role: 'user', text: userText(t, words), images: t % 4 === 1 ? [await picture(t)] : [], at: t };
+    const { timing, historyText } = await timedChat(engine, history, current, answer);
+    timings.push(timing);
+    history.push(current, { role: 'bot', text: historyText, images: [], at: t });
+  }
+  return { timings, history };
+}
+
+const ms = (x: number): string => `${x.toFixed(0)} ms`;
+
+async function sectionLoad(bundleDir: string, answer: number): Promise<void> {
+  out('\nload. fresh engine (worker thread) until ready, then the first answer\n');
+  out('run | engine ready | first token of the first answer | first answer done\n');
+  for (let run = 1; run <= 2; run++) {
+    const t0 = performance.now();
+    const engine = await FromageEngine.start(engineOptions(bundleDir));
+    const ready = performance.now() - t0;
+    const { timing } = await timedChat(engine, [], { role: 'user', text: userText(1, 30), images: [await picture(1)], at: 0 }, answer);
+    out(`${String(run).padStart(3)} | ${ms(ready).padStart(12)} | ${ms(ready + timing.ttftMs).padStart(30)} | ${ms(ready + timing.totalMs)}\n`);
+    await engine.close();
+  }
+  // Where it goes, in this process, one part after another.
+  const t0 = performance.now();
+  const manifest = await readManifest(bundleDir);
+  await Tokenizer.fromFile(join(bundleDir, TOKENIZER_FILE));
+  const tTok = performance.now() - t0;
+  const parts: string[] = [`manifest + tokenizer ${ms(tTok)}`];
+  const sessions = [];
+  for (const graph of ['vision', 'embed', 'decoder'] as const) {
+    const s0 = performance.now();
+    sessions.push((await createSession(join(bundleDir, manifest.graphs[graph]), {})).session);
+    parts.push(`${graph} session ${ms(performance.now() - s0)}`);
+  }
+  const rss = residentBreakdown();
+  out(`in-process, one after another: ${parts.join(', ')}${rss ? `; resident ${rss.anon.toFixed(2)} GiB private + ${rss.file.toFixed(2)} GiB file-backed` : ''}\n`);
+  await Promise.all(sessions.map((s) => s.release()));
+}
+
+async function sectionMultiTurn(bundleDir: string, f: Features, turns: number, answer: number): Promise<Turn[]> {
+  out(`\na. multi-turn: ${turns} turns, ~30 words per user turn, an image every 4th turn, ${answer}-token answers; time to first token\n`);
+  const off = await FromageEngine.start(engineOptions(bundleDir, f.reuse ? { kvCacheMb: 0 } : {}));
+  const cold = await dialogue(off, turns, answer, 30).finally(() => off.close());
+  let warm: TurnTiming[] | undefined;
+  if (f.reuse) {
+    const on = await FromageEngine.start(engineOptions(bundleDir));
+    warm = (await dialogue(on, turns, answer, 30).finally(() => on.close())).timings;
+  }
+  out('turn | prompt positions | reuse off | reuse on\n');
+  cold.timings.forEach((c, i) => out(`${String(i + 1).padStart(4)} | ${String(c.positions).padStart(16)} | ${ms(c.ttftMs).padStart(9)} | ${warm ? ms(warm[i].ttftMs) : NA}\n`));
+  const last = cold.timings.length - 1;
+  out(`turn ${last + 1} / turn 1: reuse off ${(cold.timings[last].ttftMs / cold.timings[0].ttftMs).toFixed(2)}x, reuse on ${warm ? `${(warm[last].ttftMs / warm[0].ttftMs).toFixed(2)}x` : NA} (goal with reuse: <= 1.5x)\n`);
+  return cold.history;
+}
+
+async function sectionResume(bundleDir: string, f: Features, turns: number, answer: number, work: string): Promise<void> {
+  out(`\nb. resume: turn ${turns + 1} on a fresh engine, from the disk spill vs cold\n`);
+  // Cold: reuse off, the whole dialogue prefilled.
+  const base = await FromageEngine.start(engineOptions(bundleDir, f.reuse ? { kvCacheMb: 0 } : {}));
+  const built = await dialogue(base, turns, answer, 30);
+  await base.close();
+  const coldEngine = await FromageEngine.start(engineOptions(bundleDir, f.reuse ? { kvCacheMb: 0 } : {}));
+  const cold = (await dialogue(coldEngine, 1, answer, 30, [...built.history]).finally(() => coldEngine.close())).timings[0];
+  let resumed: TurnTiming | undefined;
+  if (f.spill) {
+    const kvDir = await mkdtemp(join(work, 'kv-'));
+    try {
+      const first = await FromageEngine.start(engineOptions(bundleDir, { kvDir }));
+      const spilled = await dialogue(first, turns, answer, 30).finally(() => first.close());
+      const second = await FromageEngine.start(engineOptions(bundleDir, { kvDir }));
+      resumed = (await dialogue(second, 1, answer, 30, spilled.history).finally(() => second.close())).timings[0];
+    } finally {
+      await rm(kvDir, { recursive: true, force: true });
+    }
+  }
+  out('turn 13 | prompt positions | time to first token\n');
+  out(`cold    | ${String(cold.positions).padStart(16)} | ${ms(cold.ttftMs)}\n`);
+  out(`resumed | ${String(resumed?.positions ?? cold.positions).padStart(16)} | ${resumed ? `${ms(resumed.ttftMs)} (${(cold.ttftMs / resumed.ttftMs).toFixed(1)}x faster)` : NA}\n`);
+}
+
+async function sectionConcurrency(bundleDir: string, f: Features, answer: number): Promise<void> {
+  out(`\nc. concurrency: N conversations at once, ~60-position prompts, ${answer}-token answers${f.batch ? ' (batch 8)' : ''}\n`);
+  if (!f.batch) out(`   batched decoding: ${NA}; the figures below are this build serving one answer at a time\n`);
+  const engine = await FromageEngine.start(engineOptions(bundleDir, f.batch ? { batch: 8 } : {}));
+  try {
+    await timedChat(engine, [], { role: 'user', text: userText(99, 10), images: [], at: 0 }, 4);
+    out('at once | aggregate tokens/s | per-conversation ms/token (median) | wall\n');
+    let base = 0;
+    for (const n of [1, 2, 4, 8]) {
+      const t0 = performance.now();
+      const runs = await Promise.all(
+        Array.from({ length: n }, async (_, i) => {
+          const steps: number[] = [];
+          let last = 0;
+          const history: Turn[] = [];
+          const current: Turn = { role: 'user', text: userText(200 + 10 * n + i, 45), images: [], at: 0 };
+          const prompt = await buildPrompt(history, current, { contextLength: engine.info.contextLength, nVisualTokens: engine.info.nVisualTokens, maxWords: answer, countTokens: (t) => engine.countTokens(t) });
+          const r = await engine.chat(prompt.items, { ...DEFAULT_SETTINGS, maxWords: answer, temperature: 0 }, {
+            onText: () => {
+              const now = performance.now();
+              if (last) steps.push(now - last);
+              last = now;
+            },
+          });
+          return { tokens: r.generatedTokens, msPerToken: median(steps) };
+        }),
+      );
+      const wall = (performance.now() - t0) / 1000;
+      const tps = runs.reduce((s, r) => s + r.tokens, 0) / wall;
+      if (n === 1) base = tps;
+      out(`${String(n).padStart(7)} | ${tps.toFixed(1).padStart(18)}${n > 1 ? ` (${(tps / base).toFixed(2)}x)` : '        '} | ${median(runs.map((r) => r.msPerToken)).toFixed(1).padStart(35)} | ${wall.toFixed(1)} s\n`);
+    }
+  } finally {
+    await engine.close();
+  }
+}
+
+/** d runs in a child process so its peak RSS is its own. */
+async function sectionMemory(bundleDir: string, f: Features, answer: number, kvMb: number): Promise<void> {
+  out(`\nd. memory: peak RSS with 4 active conversations plus kept caches at a ${kvMb} MB budget\n`);
+  if (!f.reuse) {
+    out(`   kept caches: ${NA}\n`);
+    return;
+  }
+  const report = await new Promise<{ modelMiB: number; peakMiB: number }>((res, rej) => {
+    const c = fork(process.argv[1], ['--memory-child', bundleDir, String(answer), String(kvMb)], { execArgv: ['--import', 'tsx'] });
+    let got: { modelMiB: number; peakMiB: number } | undefined;
+    c.on('message', (m) => (got = m as typeof got));
+    c.on('exit', (code) => (code === 0 && got ? res(got) : rej(new Error(`memory child failed (exit ${code})`))));
+  });
+  out(`model loaded: ${report.modelMiB.toFixed(0)} MiB RSS; peak: ${report.peakMiB.toFixed(0)} MiB; peak - model = ${(report.peakMiB - report.modelMiB).toFixed(0)} MiB against a kept-cache budget of ${kvMb} MB plus 4 live caches\n`);
+}
+
+async function memoryChild(bundleDir: string, answer: number, kvMb: number): Promise<void> {
+  const engine = await FromageEngine.start(engineOptions(bundleDir, { kvCacheMb: kvMb, batch: 4 }));
+  await timedChat(engine, [], { role: 'user', text: userText(1, 5), images: [], at: 0 }, 2);
+  const modelMiB = process.memoryUsage().rss / 2 ** 20;
+  // Enough separate conversations to fill the kept-cache budget, then 4 at once.
+  for (let i = 0; i < 16; i++) await dialogue(engine, 2, answer, 30);
+  await Promise.all(Array.from({ length: 4 }, () => dialogue(engine, 3, answer, 30)));
+  await engine.close();
+  process.send?.({ modelMiB, peakMiB: process.resourceUsage().maxRSS / 1024 });
+}
+
+function median(xs: readonly number[]): number {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Linux: resident memory split into private (anonymous) and file-backed pages, in GiB. */
+function residentBreakdown(): { anon: number; file: number } | undefined {
+  try {
+    const status = readFileSync('/proc/self/status', 'utf8');
+    const kib = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+    const anon = kib('RssAnon');
+    const file = kib('RssFile');
+    return Number.isFinite(anon) && Number.isFinite(file) ? { anon: anon / 2 ** 20, file: file / 2 ** 20 } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      bundle: { type: 'string' },
+      weights: { type: 'string', default: 'int4' },
+      work: { type: 'string', default: join(tmpdir(), 'fromage-serve-bench') },
+      turns: { type: 'string', default: '12' },
+      answer: { type: 'string', default: '32' },
+      only: { type: 'string', default: 'load,a,b,c,d' },
+      'kv-mb': { type: 'string', default: '256' },
+    },
+  });
+  if (values.weights !== 'int4' && values.weights !== 'fp32') throw new Error('--weights must be int4 or fp32');
+  const work = resolve(values.work);
+  await mkdir(work, { recursive: true });
+  const t0 = performance.now();
+  const bundleDir = values.bundle ? resolve(values.bundle) : await syntheticBundle(work, { weights: values.weights });
+  const m = JSON.parse(await readFile(join(bundleDir, 'fromage.json'), 'utf8')) as { model: { num_layers: number; hidden_size: number }; weights: { dtype: string } };
+  const f = features();
+  const only = new Set(values.only.split(','));
+  const turns = Number(values.turns);
+  const answer = Number(values.answer);
+  out(`bench:serve  bundle ${bundleDir} (${m.model.num_layers} layers x ${m.model.hidden_size}, ${m.weights.dtype}), ready in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+  out(`threads ${resolveThreads(Number(process.env.FROMAGE_THREADS) || 0).threads}; features in this build: reuse ${f.reuse ? 'yes' : 'no'}, disk spill ${f.spill ? 'yes' : 'no'}, batching ${f.batch ? 'yes' : 'no'}\n`);
+  if (only.has('load')) await sectionLoad(bundleDir, answer);
+  if (only.has('a')) await sectionMultiTurn(bundleDir, f, turns, answer);
+  if (only.has('b')) await sectionResume(bundleDir, f, turns, answer, work);
+  if (only.has('c')) await sectionConcurrency(bundleDir, f, answer);
+  if (only.has('d')) await sectionMemory(bundleDir, f, answer, Number(values['kv-mb']));
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  // FromageEngine.close() unrefs the retiring worker and its wait, so with nothing else alive
+  // the process would end (exit 13) before the next engine starts.
+  const keepAlive = setInterval(() => undefined, 60_000);
+  try {
+    if (process.argv[2] === '--memory-child') await memoryChild(process.argv[3], Number(process.argv[4]), Number(process.argv[5]));
+    else await main();
+  } finally {
+    clearInterval(keepAlive);
+  }
+}
