@@ -4,10 +4,11 @@
  * start log prints. The memory default is computed here, at start, from the memory this process
  * may use (the machine's, or its cgroup's limit when lower) minus the model's weights.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { UserFacingError } from '../conversation/errors.ts';
+import type { Manifest } from '../model/manifest.ts';
 import { encodedBytes, type KvCodecName } from './kv-codec.ts';
 import type { KvShape } from './kv-types.ts';
 import type { KvStoreOptions } from './prefix-store.ts';
@@ -39,6 +40,18 @@ export interface KvBundleInfo {
   readonly maxPositions: number;
   /** The model's weight bytes, which the memory default leaves out. */
   readonly weightBytes?: number;
+}
+
+/** What kvStoreSetup needs from a bundle: its id and cache shape from the manifest, its weights' size from the files. */
+export function kvBundleInfo(manifest: Manifest, bundleDir: string): KvBundleInfo {
+  const m = manifest.model;
+  let weightBytes = 0;
+  try {
+    for (const name of readdirSync(bundleDir)) if (/\.(onnx|data)$/.test(name)) weightBytes += statSync(join(bundleDir, name)).size;
+  } catch {
+    // an unreadable directory fails at load with a better message; the default just counts 0
+  }
+  return { id: manifest.id, shape: { layers: m.num_layers, heads: m.num_heads, headDim: m.head_dim }, maxPositions: m.max_positions, weightBytes };
 }
 
 /** Bytes this process may use: the machine's memory, or the cgroup limit when it is lower. */

@@ -1,6 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.ts';
-import { defaultKvCacheBytes, KvBudgetError, kvStoreSetup } from '../../src/serving/kv-config.ts';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Manifest } from '../../src/model/manifest.ts';
+import { defaultKvCacheBytes, KvBudgetError, kvBundleInfo, kvStoreSetup } from '../../src/serving/kv-config.ts';
 
 const MIB = 1024 * 1024;
 const GIB = 1024 * MIB;
@@ -52,5 +56,18 @@ describe('kept-cache configuration', () => {
     const { options, description } = kvStoreSetup(loadConfig({}), OPT, 12 * GIB);
     expect(options.budgetBytes).toBe(0);
     expect(description).toMatch(/off \(the default budget \(1536 MiB.*2049 MiB as fp32\); set FROMAGE_KV_CACHE_MB, or FROMAGE_KV_CODEC=fp16/);
+  });
+
+  it('takes the bundle id and shape from the manifest and the weights size from its files', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'fromage-kvinfo-'));
+    try {
+      await writeFile(join(dir, 'decoder.onnx'), Buffer.alloc(100));
+      await writeFile(join(dir, 'decoder.onnx.data'), Buffer.alloc(1000));
+      await writeFile(join(dir, 'tokenizer.json'), '{}');
+      const manifest = { id: 'abc12345', model: { num_layers: 2, num_heads: 4, head_dim: 8, max_positions: 64 } } as unknown as Manifest;
+      expect(kvBundleInfo(manifest, dir)).toEqual({ id: 'abc12345', shape: { layers: 2, heads: 4, headDim: 8 }, maxPositions: 64, weightBytes: 1100 });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
