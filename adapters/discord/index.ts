@@ -17,8 +17,10 @@ import {
 } from 'discord.js';
 import type { DiscordConfig } from './config.ts';
 import type { AdapterLogger } from '../../src/conversation/logger.ts';
-import type { Adapter, ImageInput, IncomingMessage, MessageHandler } from '../../src/conversation/types.ts';
+import type { Adapter, IncomingMessage, MessageHandler } from '../../src/conversation/types.ts';
+import { conversationId } from '../../src/conversation/key.ts';
 import { accessRulesFromConfig, isAllowed, type AccessRules } from './access.ts';
+import { HandoffOrder } from './arrival-order.ts';
 import { parseApiBase } from './api-base.ts';
 import { ErrorReporter } from './errors.ts';
 import { collectImages, type AttachmentInfo, type ImageLimits } from './images.ts';
@@ -74,6 +76,7 @@ class DiscordAdapter implements Adapter {
   private readonly reporter: ErrorReporter;
   private readonly timing: ResponderTiming;
   private readonly limits: ImageLimits;
+  private readonly handoffs = new HandoffOrder();
 
   constructor(
     private readonly config: DiscordConfig,
@@ -164,26 +167,35 @@ class DiscordAdapter implements Adapter {
       this.logger.debug({ channel: place.channelId, user: message.author.id }, 'discord: message outside the allow-lists ignored');
       return;
     }
-    const responder = new MessageResponder(message, this.reporter, this.timing);
-    const { images, notes } = await collectImages(imageCandidates(message), this.limits);
-    const text = cleanText(message, botId);
-    if (notes.length > 0) await responder.notify(notes.join('\n'));
-    if (text === '' && images.length === 0) {
-      // Nothing left to answer: the notes said why, or the message really was empty.
-      if (notes.length === 0) await responder.notify(EMPTY_MESSAGE_HINT);
-      return;
+    const key = conversationKeyFor(place);
+    const { turn, handedOff } = this.handoffs.arrive(conversationId(key));
+    try {
+      const responder = new MessageResponder(message, this.reporter, this.timing);
+      const { images, notes } = await collectImages(imageCandidates(message), this.limits);
+      const text = cleanText(message, botId);
+      await turn;
+      if (notes.length > 0) await responder.notify(notes.join('\n'));
+      if (text === '' && images.length === 0) {
+        // Nothing left to answer: the notes said why, or the message really was empty.
+        if (notes.length === 0) await responder.notify(EMPTY_MESSAGE_HINT);
+        return;
+      }
+      const incoming: IncomingMessage = {
+        key,
+        id: message.id,
+        author: { id: message.author.id, name: message.member?.displayName ?? message.author.displayName },
+        text,
+        images,
+        intent: { kind: 'chat' },
+        replyTo: message.reference?.messageId,
+        receivedAt: message.createdAt,
+      };
+      const answered = this.runHandler(handler, incoming, responder);
+      handedOff();
+      await answered;
+    } finally {
+      handedOff();
     }
-    const incoming: IncomingMessage = {
-      key: conversationKeyFor(place),
-      id: message.id,
-      author: { id: message.author.id, name: message.member?.displayName ?? message.author.displayName },
-      text,
-      images,
-      intent: { kind: 'chat' },
-      replyTo: message.reference?.messageId,
-      receivedAt: message.createdAt,
-    };
-    await this.runHandler(handler, incoming, responder);
   }
 
   private async onInteraction(interaction: Interaction, handler: MessageHandler): Promise<void> {
@@ -201,35 +213,41 @@ class DiscordAdapter implements Adapter {
     const roleIds = memberRoleIds(interaction.member);
     if (!isAllowed(this.rules, { guildId: interaction.guildId, channelId, parentId: threadParentId, roleIds }))
       return refuse('I am not enabled here. Ask a server admin to allow this channel or your role.');
-    if (parsed.intent.kind === 'settings' && Object.keys(parsed.intent.changes).length > 0 && !mayChangeSettings(interaction, this.config.DISCORD_SETTINGS_ROLE)) {
+    const changesSettings = parsed.intent.kind === 'settings' && (Object.keys(parsed.intent.changes).length > 0 || parsed.intent.reset === true);
+    if (changesSettings && !mayChangeSettings(interaction, this.config.DISCORD_SETTINGS_ROLE)) {
       const role = this.config.DISCORD_SETTINGS_ROLE ? ` or the ${this.config.DISCORD_SETTINGS_ROLE} role` : '';
       return refuse(`Changing settings needs the Manage Server permission${role}. Run \`/fromage settings\` without options to see the current settings.`);
     }
 
-    // Acknowledge within Discord's 3-second window before any download or queueing.
+    const key = conversationKeyFor({ guildId: interaction.guildId, channelId, threadParentId });
+    const { turn, handedOff } = this.handoffs.arrive(conversationId(key));
     try {
-      await interaction.deferReply(parsed.ephemeral ? { flags: MessageFlags.Ephemeral } : {});
-    } catch (err) {
-      this.reporter.report(err, where, 'defer reply');
-      return;
-    }
-    const responder = new InteractionResponder(interaction, this.reporter, this.timing, parsed.ephemeral);
-    let images: ImageInput[] = [];
-    if (parsed.attachment) {
-      const collected = await collectImages([parsed.attachment satisfies AttachmentInfo], this.limits);
-      images = collected.images;
+      // Acknowledge within Discord's 3-second window before any download or queueing.
+      try {
+        await interaction.deferReply(parsed.ephemeral ? { flags: MessageFlags.Ephemeral } : {});
+      } catch (err) {
+        this.reporter.report(err, where, 'defer reply');
+        return;
+      }
+      const responder = new InteractionResponder(interaction, this.reporter, this.timing, parsed.ephemeral);
+      const collected = parsed.attachment ? await collectImages([parsed.attachment satisfies AttachmentInfo], this.limits) : { images: [], notes: [] };
+      await turn;
       if (collected.notes.length > 0) await responder.notify(collected.notes.join('\n'));
+      const incoming: IncomingMessage = {
+        key,
+        id: interaction.id,
+        author: { id: interaction.user.id, name: displayNameOf(interaction) },
+        text: parsed.text,
+        images: collected.images,
+        intent: parsed.intent,
+        receivedAt: interaction.createdAt,
+      };
+      const answered = this.runHandler(handler, incoming, responder);
+      handedOff();
+      await answered;
+    } finally {
+      handedOff();
     }
-    const incoming: IncomingMessage = {
-      key: conversationKeyFor({ guildId: interaction.guildId, channelId, threadParentId }),
-      id: interaction.id,
-      author: { id: interaction.user.id, name: displayNameOf(interaction) },
-      text: parsed.text,
-      images,
-      intent: parsed.intent,
-      receivedAt: interaction.createdAt,
-    };
-    await this.runHandler(handler, incoming, responder);
   }
 
   private logUnexpected(err: unknown, what: string, id: string): void {

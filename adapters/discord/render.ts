@@ -4,7 +4,7 @@
  * images that follow it ride along as that message's attachments.
  */
 import type { Reply, ReplyImage } from '../../src/conversation/types.ts';
-import { splitText } from '../../src/conversation/text.ts';
+import { showControlCharacters, splitText } from '../../src/conversation/text.ts';
 
 /** Discord's limits per message. */
 export const MAX_CONTENT = 2000;
@@ -19,7 +19,8 @@ export function renderReply(reply: Reply): OutgoingMessage[] {
   const out: { content?: string; files: ReplyImage[] }[] = [];
   for (const segment of reply.segments) {
     if (segment.type === 'text') {
-      for (const chunk of splitText(segment.text, MAX_CONTENT)) out.push({ content: chunk, files: [] });
+      // Discord passes control characters through to clients, where they are invisible or odd.
+      for (const chunk of splitText(showControlCharacters(segment.text), MAX_CONTENT)) out.push({ content: chunk, files: [] });
     } else {
       for (const image of segment.images) {
         const last = out[out.length - 1];

@@ -60,7 +60,8 @@ export function fromageCommand(): RESTPostAPIChatInputApplicationCommandsJSONBod
         .addIntegerOption((o) => o.setName('words').setDescription('Length of answers in tokens').setMinValue(b.words.min).setMaxValue(b.words.max))
         .addNumberOption((o) =>
           o.setName('temperature').setDescription('0 = deterministic; higher = more varied').setMinValue(b.temperature.min).setMaxValue(b.temperature.max),
-        ),
+        )
+        .addBooleanOption((o) => o.setName('reset').setDescription('Restore the default settings')),
     )
     .addSubcommand((s) => s.setName('help').setDescription('How to use the bot'))
     .toJSON();
@@ -92,7 +93,11 @@ export function parseFromageCommand(interaction: ChatInputCommandInteraction): P
     case 'reset':
       return { intent: { kind: 'reset' }, text: '', ephemeral: false };
     case 'settings':
-      return { intent: { kind: 'settings', changes: settingsChanges(interaction) }, text: '', ephemeral: false };
+      return {
+        intent: { kind: 'settings', changes: settingsChanges(interaction), ...(o.getBoolean('reset') ? { reset: true } : {}) },
+        text: '',
+        ephemeral: false,
+      };
     case 'help':
       return { intent: { kind: 'help' }, text: '', ephemeral: true };
     default:

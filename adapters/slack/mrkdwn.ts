@@ -2,7 +2,7 @@
  * Slack mrkdwn in both directions: what we post must not be read as markup, and what users
  * type arrives with Slack's own escapes and link syntax that the model should not see.
  */
-import { splitText } from '../../src/conversation/text.ts';
+import { showControlCharacters, splitText } from '../../src/conversation/text.ts';
 
 /** Slack treats only these three as control characters in message text. */
 export function escapeMrkdwn(text: string): string {
@@ -23,7 +23,8 @@ const HARD_LIMIT = 4000;
  */
 export function renderTextMessages(text: string, limit = SLACK_TEXT_LIMIT): string[] {
   const out: string[] = [];
-  for (const chunk of splitText(text, limit)) {
+  // Slack keeps control characters in message text; shown, they cannot hide or reorder text.
+  for (const chunk of splitText(showControlCharacters(text), limit)) {
     const escaped = escapeMrkdwn(chunk);
     if (escaped.length <= HARD_LIMIT || limit <= 16) {
       out.push(escaped);

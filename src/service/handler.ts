@@ -55,9 +55,8 @@ export const HELP_TEXT = [
   '- help: this message.',
 ].join('\n');
 
-/** Slack has no settings command. */
-export function helpFor(platform: IncomingMessage['key']['platform']): string {
-  return platform === 'slack' ? HELP_TEXT.split('\n').filter((l) => !l.startsWith('- settings')).join('\n') : HELP_TEXT;
+export function helpFor(_platform: IncomingMessage['key']['platform']): string {
+  return HELP_TEXT;
 }
 
 /** The terminal has one local user, who started the bot: queued, never rate-limited or refused. */

@@ -117,6 +117,20 @@ describe('messages', () => {
     await expect(message.images[0].fetch(10)).rejects.toMatchObject({ reason: 'too-large' });
   });
 
+  test('a slow image download does not let the text sent next overtake it (issue 11, bug 1)', async () => {
+    const channel = freshChannel();
+    const order: string[] = [];
+    h.setHandler(async (m) => void order.push(m.text));
+    const slow = attachment(h.fake.addCdnFile('landscape.png', red, 'image/png', 300), 'landscape.png', red.length, 'image/png');
+    mention(channel, 'FIRST with image', { attachments: [slow] });
+    await sleep(30);
+    mention(channel, 'SECOND');
+    mention(channel, 'THIRD');
+    const deadline = Date.now() + 5000;
+    while (order.length < 3 && Date.now() < deadline) await sleep(20);
+    expect(order).toEqual(['FIRST with image', 'SECOND', 'THIRD']);
+  });
+
   test('the reply keeps text and images in the model order, as attachments, never pinging anyone', async () => {
     const channel = freshChannel();
     h.setHandler(async (_m, r) =>
@@ -530,6 +544,18 @@ describe('/fromage', () => {
     next = h.nextMessage();
     command({ subcommand: 'settings' });
     expect((await next).intent).toEqual({ kind: 'settings', changes: {} });
+    next = h.nextMessage();
+    command({ subcommand: 'settings', user: ADMIN, permissions: MANAGER_PERMISSIONS, options: [{ name: 'reset', type: 5, value: true }] });
+    expect((await next).intent).toEqual({ kind: 'settings', changes: {}, reset: true });
+  });
+
+  test('restoring default settings needs the same permission as changing them', async () => {
+    const before = h.received.length;
+    const payload = command({ subcommand: 'settings', options: [{ name: 'reset', type: 5, value: true }] });
+    const cb = await h.fake.waitForRequest(callback(payload));
+    expect(String((cb.body?.data as { content: string }).content)).toMatch(/needs the Manage Server permission/);
+    await sleep(100);
+    expect(h.received.length).toBe(before);
   });
 
   test('help is deferred ephemerally; errors replace the public deferral with an ephemeral message', async () => {

@@ -173,7 +173,7 @@ describe('fromage discord', () => {
         ['image', 11, false],
       ]);
       const settings = cmd.options.find((o) => o.name === 'settings');
-      expect(settings?.options?.map((o) => o.name)).toEqual(['ret_scale', 'max_images', 'words', 'temperature']);
+      expect(settings?.options?.map((o) => o.name)).toEqual(['ret_scale', 'max_images', 'words', 'temperature', 'reset']);
 
       await run(['discord', 'register']);
       await fake.waitForRequest((r: RecordedRequest) => r.method === 'PUT' && r.path === `/applications/${APP_ID}/commands`);

@@ -207,3 +207,10 @@ describe('ErrorReporter', () => {
     expect(calls[0]).toMatch(/Attach Files/);
   });
 });
+
+describe('renderReply and control characters (issue 11)', () => {
+  test('shows them instead of passing them to Discord clients', () => {
+    const out = renderReply({ kind: 'answer', segments: [{ type: 'text', text: 'hi \u001b[31mred\u0007' }] });
+    expect(out).toEqual([{ content: 'hi ␛[31mred␇', files: [] }]);
+  });
+});

@@ -195,11 +195,9 @@ describe('message handler', () => {
     expect((await ask('', { intent: { kind: 'help' } })).text()).toMatch(/retrieve <text>/);
   });
 
-  it('offers settings in help only where the platform has the command', async () => {
+  it('offers settings, and settings reset, in help on every platform (each has the command)', async () => {
     const { helpFor } = await import('../../src/service/handler.ts');
-    expect(helpFor('discord')).toMatch(/settings/);
-    expect(helpFor('slack')).not.toMatch(/settings/);
-    expect(helpFor('slack')).toMatch(/retrieve <text>/);
+    for (const platform of ['discord', 'slack', 'shell'] as const) expect(helpFor(platform)).toMatch(/settings reset restores the defaults/);
   });
 
   it('says why it cannot retrieve without an index', async () => {

@@ -172,3 +172,18 @@ describe('responder', () => {
     expect(privately).toEqual([':hourglass: Busy, try again in ~30 s']);
   });
 });
+
+describe('issue 11: Slack settings and control characters', () => {
+  it('parses settings, settings reset and bad settings, from the slash command and from a mention', () => {
+    expect(parseSlashText('/fromage', 'settings reset')).toEqual({ ok: true, intent: { kind: 'settings', changes: {}, reset: true }, text: '' });
+    expect(parseSlashText('/fromage', 'settings words=48 temperature=0.5')).toEqual({ ok: true, intent: { kind: 'settings', changes: { maxWords: 48, temperature: 0.5 } }, text: '' });
+    expect(parseSlashText('/fromage', 'settings')).toEqual({ ok: true, intent: { kind: 'settings', changes: {} }, text: '' });
+    expect(parseSlashText('/fromage', 'settings words=9999')).toMatchObject({ ok: false, message: expect.stringMatching(/Setting words/) });
+    expect(intentFromMention('settings reset')).toEqual({ intent: { kind: 'settings', changes: {}, reset: true }, text: '' });
+    expect(intentFromMention('settings of this photo look odd')).toEqual({ intent: { kind: 'chat' }, text: 'settings of this photo look odd' });
+  });
+
+  it('shows control characters in posted text instead of passing them on', () => {
+    expect(renderTextMessages('a \u001b[2J b \u202e c')).toEqual(['a ␛[2J b &lt;U+202E&gt; c']);
+  });
+});

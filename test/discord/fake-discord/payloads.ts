@@ -194,7 +194,7 @@ export interface InteractionSpec {
   readonly roles?: readonly string[];
   readonly permissions?: string;
   readonly subcommand: string;
-  readonly options?: readonly { name: string; type: number; value: string | number }[];
+  readonly options?: readonly { name: string; type: number; value: string | number | boolean }[];
   readonly attachments?: readonly AttachmentPayload[];
   readonly attachmentSizeLimit?: number;
 }

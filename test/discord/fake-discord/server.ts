@@ -71,7 +71,7 @@ export class FakeDiscord {
   private readonly server = http.createServer((req, res) => void this.onHttp(req, res));
   private readonly wss = new WebSocketServer({ noServer: true });
   private readonly sockets = new Set<WebSocket>();
-  private readonly cdn = new Map<string, { data: Buffer; contentType: string }>();
+  private readonly cdn = new Map<string, { data: Buffer; contentType: string; delayMs: number }>();
   private readonly messages = new Map<string, StoredMessage>();
   private readonly waiters: { pred: (r: RecordedRequest) => boolean; resolve: (r: RecordedRequest) => void }[] = [];
   private readonly rateLimits: { method: string; pathPrefix: string; retryAfterS: number }[] = [];
@@ -114,9 +114,9 @@ export class FakeDiscord {
   }
 
   /** Serves bytes under the fake CDN and returns their URL. */
-  addCdnFile(name: string, data: Buffer, contentType: string): string {
+  addCdnFile(name: string, data: Buffer, contentType: string, delayMs = 0): string {
     const path = `/attachments/${snowflake()}/${encodeURIComponent(name)}`;
-    this.cdn.set(path, { data, contentType });
+    this.cdn.set(path, { data, contentType, delayMs });
     return `${this.origin}${path}?ex=expires&is=now&hm=signature`;
   }
 
@@ -219,6 +219,7 @@ export class FakeDiscord {
     if (req.method === 'GET' && url.pathname.startsWith('/attachments/')) {
       const file = this.cdn.get(url.pathname);
       if (!file) return this.reply(res, 404, { message: 'Not found' });
+      if (file.delayMs > 0) await new Promise((r) => setTimeout(r, file.delayMs));
       res.writeHead(200, { 'content-type': file.contentType, 'content-length': file.data.length });
       res.end(file.data);
       return;
