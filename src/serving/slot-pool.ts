@@ -3,13 +3,16 @@
  * layer and key/value, laid out [rows, heads, capacity, headDim]. Each row owns its filled
  * length; a decode step feeds rows 0..n-1 (a contiguous prefix of the buffers, wrapped in place)
  * and appends one position to each. A leaving row's place is taken by the last row, so the
- * active rows stay a prefix without copying anything per step. The shared capacity doubles as
- * rows need it (one copy per growth), bounded by the decoder's positions; the buffers are
- * released when the last row leaves, so an idle pool holds no memory.
+ * active rows stay a prefix without copying anything per step.
+ *
+ * Empty slots are masked, not skipped: every row's attention runs over the whole shared
+ * capacity, so the capacity is what the rows need (each row's prompt plus the tokens it may
+ * still feed back), not a doubling: it grows to fit a joining row and shrinks when the rows left
+ * need at most half of it (one copy of the filled slots either way, at most once per job). The
+ * buffers are released when the last row leaves, so an idle pool holds no memory.
  */
 import * as ort from 'onnxruntime-node';
 import type { BatchedCache } from '../model/graphs.ts';
-import { MIN_CACHE_CAPACITY } from '../model/kv-cache.ts';
 import type { KvReader, KvShape, KvWriter } from './kv-types.ts';
 
 export interface SlotPoolShape extends KvShape {
@@ -23,6 +26,8 @@ export class SlotPool implements BatchedCache {
   private buffers: Float32Array[] = [];
   /** Filled positions of each active row. */
   private readonly lengths: number[] = [];
+  /** Positions each active row may reach (its prompt plus the tokens it may still feed). */
+  private readonly ends: number[] = [];
 
   constructor(
     readonly shape: SlotPoolShape,
@@ -58,12 +63,15 @@ export class SlotPool implements BatchedCache {
     if (this.rows === this.maxRows) throw new RangeError(`all ${this.maxRows} rows are in use`);
     const { heads, headDim, layers } = this.shape;
     if (from.shape.layers !== layers || from.shape.heads !== heads || from.shape.headDim !== headDim) throw new RangeError('the cache joining the pool has another shape');
-    this.grow(this.rows + 1, this.capacityFor(from.length + more));
+    const end = from.length + more;
+    if (end > this.shape.maxPositions) throw new RangeError(`a row holds at most ${this.shape.maxPositions} positions; ${end} were asked for`);
+    this.resize(this.rows + 1, Math.max(this.cap, end));
     const row = this.lengths.length;
     for (let j = 0; j < 2 * layers; j++) {
       for (let h = 0; h < heads; h++) this.buffers[j].set(from.read(j, h, 0, from.length), this.offset(row, h, 0));
     }
     this.lengths.push(from.length);
+    this.ends.push(end);
     return row;
   }
 
@@ -82,10 +90,16 @@ export class SlotPool implements BatchedCache {
         for (let h = 0; h < heads; h++) buf.copyWithin(this.offset(row, h, 0), this.offset(last, h, 0), this.offset(last, h, 0) + n);
       }
       this.lengths[row] = this.lengths[last];
+      this.ends[row] = this.ends[last];
       moved = last;
     }
     this.lengths.pop();
+    this.ends.pop();
     if (this.rows === 0) this.release();
+    else {
+      const needed = Math.max(...this.ends);
+      if (needed <= this.cap / 2) this.resize(this.rowCap, needed);
+    }
     return moved;
   }
 
@@ -157,16 +171,8 @@ export class SlotPool implements BatchedCache {
     for (let r = 0; r < n; r++) this.lengths[r]++;
   }
 
-  private capacityFor(needed: number): number {
-    if (needed > this.shape.maxPositions) throw new RangeError(`a row holds at most ${this.shape.maxPositions} positions; ${needed} were asked for`);
-    if (needed <= this.cap) return this.cap;
-    let cap = Math.max(this.cap, MIN_CACHE_CAPACITY);
-    while (cap < needed) cap *= 2;
-    return Math.min(cap, this.shape.maxPositions);
-  }
-
-  /** Makes room for `rows` rows of `cap` positions, copying the active rows' filled slots once. */
-  private grow(rows: number, cap: number): void {
+  /** Buffers for `rows` rows of `cap` positions, holding the active rows' filled slots (one copy). */
+  private resize(rows: number, cap: number): void {
     const rowCap = rows <= this.rowCap ? this.rowCap : Math.min(this.maxRows, Math.max(rows, 2 * this.rowCap));
     if (rowCap === this.rowCap && cap === this.cap) return;
     const { heads, headDim, layers } = this.shape;
@@ -188,6 +194,7 @@ export class SlotPool implements BatchedCache {
 
   private release(): void {
     this.buffers = [];
+    this.ends.length = 0;
     this.rowCap = 0;
     this.cap = 0;
   }

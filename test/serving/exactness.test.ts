@@ -23,7 +23,7 @@ import { FIXTURES, maxAbsDiff, refJson } from '../model/reference.ts';
 
 // The oracle's own KV-cache vs full-recompute gap is up to 3.4e-4 (test/model/fromage-oracle.test.ts).
 const LOGIT_TOL = 1e-3;
-// Kept caches stored as fp16 (the store's default) are not exact: on this fixture the logits
+// Kept caches stored as fp16 (FROMAGE_KV_CODEC=fp16) are not exact: on this fixture the logits
 // moved by up to 0.18 (ids unchanged; the smallest top-1/top-2 margin of the oracle dialogue is
 // 0.37). The bound only catches a broken copy; exactness within LOGIT_TOL needs the fp32 codec.
 const FP16_LOGIT_TOL = 0.5;
@@ -100,7 +100,7 @@ function answerer(mode: Mode | undefined): { answer: (items: readonly Item[], se
 }
 
 const exactStore = (): KvStore => createKvStore({ budgetBytes: 64 * 1024 * 1024, codec: 'fp32' });
-const defaultStore = (): KvStore => createKvStore({ budgetBytes: 64 * 1024 * 1024 });
+const fp16Store = (): KvStore => createKvStore({ budgetBytes: 64 * 1024 * 1024, codec: 'fp16' });
 
 function outputsAsReference(r: FromageResult): (string | number[])[] {
   return r.outputs.map((o) => (o.kind === 'text' ? o.text : o.images.map((i) => i.row)));
@@ -111,7 +111,7 @@ describe('serving exactness: the oracle dialogue (vis1 ii_dialogue), turn by tur
   for (const mode of [
     { name: 'reuse off', batch: 1 },
     { name: 'reuse on (fp32 kept caches)', batch: 1, store: exactStore },
-    { name: 'reuse on (default codec)', batch: 1, store: defaultStore },
+    { name: 'reuse on (fp16 kept caches)', batch: 1, store: fp16Store },
   ] satisfies Mode[]) {
     it(`${mode.name}: the reference's ids and text every turn`, async () => {
       const { answer, store } = answerer(mode);
@@ -123,7 +123,7 @@ describe('serving exactness: the oracle dialogue (vis1 ii_dialogue), turn by tur
         expect(r.generatedIdsFull).toEqual(turn.generated_ids_full);
         expect(outputsAsReference(r)).toEqual(turn.return_outputs);
         const want = await plain.answer(turn.prompts, settings);
-        const tol = mode.store === defaultStore ? FP16_LOGIT_TOL : LOGIT_TOL;
+        const tol = mode.store === fp16Store ? FP16_LOGIT_TOL : LOGIT_TOL;
         r.stepLogits.forEach((l, i) => expect(maxAbsDiff(l, want.stepLogits[i])).toBeLessThan(tol));
         // From the second turn on, the previous turn's prompt (at least) was reused.
         if (store && t > 0) expect(store.stats().reusedPositions).toBeGreaterThan(0);
@@ -209,8 +209,8 @@ describe('serving exactness: a long synthetic dialogue (12 turns, images in some
     expect(st.rowSteps / st.steps).toBeGreaterThan(1.5);
   });
 
-  it('both: the dialogues answered together with kept caches (fp32, then the default codec)', async () => {
-    for (const store of [exactStore, defaultStore]) {
+  it('both: the dialogues answered together with kept caches (fp32, then fp16)', async () => {
+    for (const store of [exactStore, fp16Store]) {
       const a = answerer({ name: 'both', batch: DIALOGUES, store });
       const got = await Promise.all(Array.from({ length: DIALOGUES }, (_, d) => dialogue(a.answer, d, TURNS)));
       expectSameTurns(got, store === exactStore ? LOGIT_TOL : FP16_LOGIT_TOL);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { KvCache, MIN_CACHE_CAPACITY } from '../../src/model/kv-cache.ts';
+import { KvCache } from '../../src/model/kv-cache.ts';
 import { SlotPool } from '../../src/serving/slot-pool.ts';
 
 const shape = { layers: 2, heads: 3, headDim: 2, maxPositions: 200 };
@@ -61,10 +61,11 @@ describe('SlotPool', () => {
     const pool = new SlotPool(shape, 4);
     expect(pool.join(cacheOf(1, 5), 10)).toBe(0);
     expect(pool.join(cacheOf(2, 40), 10)).toBe(1);
-    expect(pool.capacity).toBe(MIN_CACHE_CAPACITY);
+    // What the rows may reach: 40 + 10.
+    expect(pool.capacity).toBe(50);
     expectRows(pool, [1, 2]);
     const mask = Array.from(pool.attentionMask().data as BigInt64Array);
-    const w = MIN_CACHE_CAPACITY + 1;
+    const w = 50 + 1;
     expect(mask.length).toBe(2 * w);
     expect(mask.slice(0, w).filter((v) => v === 1n).length).toBe(6);
     expect(mask.slice(0, 5).every((v) => v === 1n) && mask[w - 1] === 1n && mask[5] === 0n).toBe(true);
@@ -101,19 +102,27 @@ describe('SlotPool', () => {
     expectRows(pool, [3, 4]);
   });
 
-  it('grows the shared capacity by doubling for a long joiner, keeping every row, and releases memory when empty', () => {
+  it('fits the shared capacity to what the rows need: grows for a long joiner, shrinks when it leaves, releases memory when empty', () => {
     const pool = new SlotPool(shape, 3);
     pool.join(cacheOf(1, 5), 10);
+    expect(pool.capacity).toBe(15);
     pool.append(batchStep([1], [5]));
     pool.join(cacheOf(2, 100), 20);
-    expect(pool.capacity).toBe(128);
+    expect(pool.capacity).toBe(120);
     expectRows(pool, [1, 2]);
     pool.join(cacheOf(3, 150), 30);
-    expect(pool.capacity).toBe(200);
+    expect(pool.capacity).toBe(180);
     expect(pool.allocatedRows).toBe(3);
     expectRows(pool, [1, 2, 3]);
-    pool.leave(0);
-    pool.leave(0);
+    // Rows 1 and 2 still need 120 of 180: no copy.
+    pool.leave(2);
+    expect(pool.capacity).toBe(180);
+    // Row 1 needs 15 of 180: shrink to it, contents kept.
+    pool.leave(1);
+    expect(pool.capacity).toBe(15);
+    expectRows(pool, [1]);
+    pool.append(batchStep([1], [6]));
+    expectRows(pool, [1]);
     pool.leave(0);
     expect(pool.rows).toBe(0);
     expect(pool.capacity).toBe(0);
@@ -134,6 +143,6 @@ describe('SlotPool', () => {
     pool.join(cacheOf(1, 4), 4);
     pool.writer(0).write(1, 2, 1, Float32Array.of(-1, -2));
     expect(Array.from(pool.reader(0).read(1, 2, 1, 2))).toEqual([-1, -2]);
-    expect(() => pool.writer(0).write(0, 0, 63, new Float32Array(4))).toThrow(/into a row with room for 64/);
+    expect(() => pool.writer(0).write(0, 0, 7, new Float32Array(4))).toThrow(/into a row with room for 8/);
   });
 });
