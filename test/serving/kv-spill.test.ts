@@ -80,6 +80,26 @@ describe('disk spill', () => {
     await second.close();
   });
 
+  it('files stay readable after FROMAGE_KV_CODEC changes (each file names its codec)', async () => {
+    const dir = await tempDir();
+    const first = storeOn(dir, { codec: 'fp16' }).store;
+    const a = tokens(10, 1);
+    await first.insert(a, ArrayKv.forKeys(a));
+    await first.close();
+    const second = storeOn(dir, { codec: 'fp32' }).store;
+    const got = await copied(second, a);
+    expect(got?.length).toBe(10);
+    expect(got!.live.maxDiff(ArrayKv.forKeys(a), 10)).toBeLessThan(8 * 2 ** -11);
+    // Keeping the next turn in fp32 cannot copy fp16 bytes: everything is encoded again.
+    const turn2 = [...a, ...tokens(2, 5)];
+    await second.insert(turn2, ArrayKv.forKeys(turn2)); // larger than this memory budget: straight to disk
+    await second.flush();
+    const again = await copied(second, [...turn2, 1]);
+    expect(again?.length).toBe(12);
+    expect(again!.live.maxDiff(ArrayKv.forKeys(turn2), 12)).toBe(0);
+    await second.close();
+  });
+
   it('a longer entry replaces the files it extends', async () => {
     const dir = await tempDir();
     const spill = await KvSpill.open({ dir: join(dir, 'kv'), budgetBytes: 1 << 20, bundleId: 'b' });
