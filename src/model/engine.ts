@@ -57,12 +57,13 @@ function fromWire(e: WireError): Error {
   }
 }
 
-function replyImage(i: WireImage): ReplyImage {
+/** Saved and uploaded under the row of its own index: stable whatever other indexes are loaded. */
+export function replyImage(i: WireImage): ReplyImage {
   const ext = i.contentType === 'image/png' ? 'png' : i.contentType === 'image/webp' ? 'webp' : 'jpg';
   return {
     data: Buffer.from(i.data.buffer, i.data.byteOffset, i.data.byteLength),
     contentType: i.contentType,
-    filename: `retrieved-${i.row}.${ext}`,
+    filename: `retrieved-${i.indexRow ?? i.row}.${ext}`,
     source: i.url,
     score: i.score,
     ...(i.width ? { width: i.width } : {}),

@@ -40,7 +40,7 @@ export async function openIndexBackend(o: IndexBackendOptions): Promise<Retrieva
   return {
     async search(embedding, k, exclude): Promise<RetrievalCandidate[]> {
       const hits = await index.search(embedding, k, { exclude });
-      return hits.map((h) => ({ row: h.row, url: h.url, score: h.score }));
+      return hits.map((h) => ({ row: h.row, indexRow: h.indexRow, url: h.url, score: h.score }));
     },
     async resolve(candidates, maxImages, signal): Promise<ResolveResult> {
       if (!fetcher) {
@@ -53,7 +53,7 @@ export async function openIndexBackend(o: IndexBackendOptions): Promise<Retrieva
         { maxImages, deadline: Date.now() + (o.resolveTimeoutMs ?? 8000), signal },
       );
       return {
-        images: r.images.map((i) => ({ row: i.row, url: i.url, score: i.score, data: i.data, contentType: i.contentType, width: i.width, height: i.height })),
+        images: r.images.map((i) => ({ row: i.row, indexRow: i.indexRow, url: i.url, score: i.score, data: i.data, contentType: i.contentType, width: i.width, height: i.height })),
         attempted: r.attempted,
       };
     },

@@ -5,7 +5,7 @@ import type { WireImage, WireSegment } from './worker-protocol.ts';
 export function wireImages(r: FromageResult, k: number): WireImage[] {
   const out = r.outputs.filter((o) => o.kind === 'images')[k];
   if (!out || out.kind !== 'images') return [];
-  return out.images.flatMap((i) => (i.data ? [{ data: new Uint8Array(i.data), contentType: i.contentType ?? 'application/octet-stream', row: i.row, url: i.url, score: i.score, width: i.width, height: i.height }] : []));
+  return out.images.flatMap((i) => (i.data ? [{ data: new Uint8Array(i.data), contentType: i.contentType ?? 'application/octet-stream', row: i.row, indexRow: i.indexRow, url: i.url, score: i.score, width: i.width, height: i.height }] : []));
 }
 
 /** What the user reads where the model asked for an image that cannot be shown. */

@@ -6,6 +6,8 @@
 
 export interface RetrievalCandidate {
   readonly row: number;
+  /** The row in its own index when several are loaded (`row` counts across all of them); names saved files. */
+  readonly indexRow?: number;
   readonly url: string;
   /** exp(logit_scale) * cosine. */
   readonly score: number;

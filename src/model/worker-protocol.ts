@@ -47,6 +47,8 @@ export interface WireImage {
   readonly data: Uint8Array;
   readonly contentType: string;
   readonly row: number;
+  /** The row in its own index, when several are loaded. */
+  readonly indexRow?: number;
   readonly url: string;
   readonly score: number;
   readonly width?: number;

@@ -21,6 +21,8 @@ export interface SearchHit {
   score: number;
   /** Index directory the hit came from (set by MultiIndex). */
   source?: string;
+  /** The row in that index's own numbering (set by MultiIndex; `row` is then the combined one). */
+  indexRow?: number;
 }
 
 export interface SearchOptions {
@@ -253,7 +255,7 @@ export class MultiIndex {
         for (const r of options.exclude) if (r >= offset && r < offset + index.rows) exclude.add(r - offset);
       }
       const hits = await index.search(query, k, { exact: options.exact, exclude });
-      for (const h of hits) all.push({ ...h, row: h.row + offset, source: index.dir });
+      for (const h of hits) all.push({ ...h, row: h.row + offset, source: index.dir, indexRow: h.row });
     }
     all.sort((a, b) => b.score - a.score || a.row - b.row);
     return all.slice(0, Math.max(0, k));

@@ -11,6 +11,7 @@ export interface ResolvedImage extends FetchedImage {
   row: number;
   score: number;
   source?: string;
+  indexRow?: number;
 }
 
 export interface ResolveOptions {
@@ -61,7 +62,14 @@ export async function resolveCandidates(fetcher: Fetcher, hits: readonly SearchH
         break;
       }
       attempted.push(hits[i].row);
-      if (outcome) images.push({ ...outcome, row: hits[i].row, score: hits[i].score, ...(hits[i].source ? { source: hits[i].source } : {}) });
+      if (outcome)
+        images.push({
+          ...outcome,
+          row: hits[i].row,
+          score: hits[i].score,
+          ...(hits[i].source ? { source: hits[i].source } : {}),
+          ...(hits[i].indexRow !== undefined ? { indexRow: hits[i].indexRow } : {}),
+        });
     }
   } finally {
     clearTimeout(timer);
