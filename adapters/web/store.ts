@@ -114,7 +114,8 @@ export class TranscriptStore {
         .run(conversation, intent, JSON.stringify(segments), at);
       const id = Number(lastInsertRowid);
       this.db.prepare('UPDATE entries SET exchange = id WHERE id = ?').run(id);
-      const text = segments.flatMap((s) => (s.type === 'text' ? [s.text] : [])).join(' ').trim();
+      // Questions name a conversation; commands (/settings, /reset) do not.
+      const text = intent === 'chat' || intent === 'retrieve' ? segments.flatMap((s) => (s.type === 'text' ? [s.text] : [])).join(' ').replace(/^\/retrieve\s+/, '').trim() : '';
       this.db
         .prepare('UPDATE conversations SET updated = ?, title = CASE WHEN title = ? AND ? <> \'\' THEN ? ELSE title END WHERE id = ?')
         .run(at, NEW_TITLE, text, titleFrom(text), conversation);
