@@ -33,7 +33,7 @@ export const configSchema = z.object({
   FROMAGE_THREADS: z.coerce.number().int().min(0).max(256).default(0),
   FROMAGE_DATA_DIR: z.string().min(1).default('data'),
   FROMAGE_FETCH_ALLOW: csv.default([]),
-  FROMAGE_ENGINE_SLOTS: z.coerce.number().int().min(1).max(64).default(1),
+  FROMAGE_BATCH: z.coerce.number().int().min(1).max(64).default(4),
   FROMAGE_QUEUE_LIMIT: z.coerce.number().int().min(1).max(100_000).default(50),
   FROMAGE_USER_RATE: z.coerce.number().min(0.01).max(1000).default(6),
   FROMAGE_USER_BURST: z.coerce.number().int().min(1).max(1000).default(3),

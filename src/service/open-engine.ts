@@ -43,6 +43,10 @@ export async function openConfiguredEngine(config: Config, logger: Logger, optio
     threads: config.FROMAGE_THREADS,
     dataDir: config.FROMAGE_DATA_DIR,
     fetchAllow: config.FROMAGE_FETCH_ALLOW,
+    batch: config.FROMAGE_BATCH,
+    kvCacheMb: config.FROMAGE_KV_CACHE_MB,
+    kvDiskMb: config.FROMAGE_KV_DISK_MB,
+    kvCodec: config.FROMAGE_KV_CODEC,
     logger,
   });
 }

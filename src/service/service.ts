@@ -48,7 +48,7 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
   const history = options.history ?? new SqliteHistoryStore(join(config.FROMAGE_DATA_DIR, 'history.sqlite'), { maxTurns: config.FROMAGE_HISTORY_TURNS });
   const scheduler = new Scheduler(
     {
-      concurrency: config.FROMAGE_ENGINE_SLOTS,
+      concurrency: config.FROMAGE_BATCH,
       maxQueued: config.FROMAGE_QUEUE_LIMIT,
       userRatePerMinute: config.FROMAGE_USER_RATE,
       userBurst: config.FROMAGE_USER_BURST,

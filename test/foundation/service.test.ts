@@ -109,7 +109,8 @@ describe('service', () => {
   });
 
   it('on shutdown finishes the running answer, tells queued users, and closes the database', async () => {
-    const config = loadConfig({ FROMAGE_DATA_DIR: '.tmp/unused' });
+    // One answer at a time, so the second message is still queued at shutdown.
+    const config = loadConfig({ FROMAGE_DATA_DIR: '.tmp/unused', FROMAGE_BATCH: '1' });
     const loop = loopbackAdapter();
     const history = new SqliteHistoryStore(':memory:', { maxTurns: 10 });
     const service = await startService({ config, logger: pino({ level: 'silent' }), engine: new FakeEngine({ delayMs: 100 }), adapters: [loop.adapter], history });
