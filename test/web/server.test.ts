@@ -57,13 +57,17 @@ describe('web chat settings', () => {
     const second = createWebAdapter({ host: '127.0.0.1', port, storePath: ':memory:', maxImagesPerMessage: 4, maxImageBytes: 1024 });
     await expect(second.start(async () => {})).rejects.toThrow(`Port ${port} on 127.0.0.1 is already in use; set FROMAGE_WEB_PORT`);
     await first.close();
+    // 203.0.113.0/24 is documentation space: no machine has it.
+    const elsewhere = createWebAdapter({ host: '203.0.113.7', port: 0, token: TOKEN, storePath: ':memory:', maxImagesPerMessage: 4, maxImageBytes: 1024 });
+    await expect(elsewhere.start(async () => {})).rejects.toThrow('FROMAGE_WEB_HOST=203.0.113.7 is not an address of this machine');
   });
 });
 
 describe('web chat without a token (loopback)', () => {
   let chat: WebChat;
+  let engine: ScriptedEngine;
   beforeAll(async () => {
-    const engine = new ScriptedEngine((q) =>
+    engine = new ScriptedEngine((q) =>
       q === 'pictures please'
         ? { segments: [{ type: 'text', text: 'a <b>cat</b> & "dog"' }, { type: 'images', images: [] }] }
         : undefined,
@@ -142,6 +146,7 @@ describe('web chat without a token (loopback)', () => {
     expect((await post(chat, id, '/settings words=9999')).body.error).toMatch(/^Setting words:/);
     const undo = await fetch(`${chat.url}api/conversations/${id}/undo`, { method: 'POST', headers: page });
     expect(undo.status).toBe(409);
+    expect((await post(chat, id, 'x'.repeat(20_001))).body.error).toBe('Your message has 20001 characters; the limit is 20000.');
     expect(((await fetch(`${chat.url}api/conversations/nope`)).status)).toBe(404);
   });
 
@@ -157,6 +162,22 @@ describe('web chat without a token (loopback)', () => {
     expect(chat.history.turns(key).map((t) => t.text)).toEqual(['first question', 'You said: first question (0 image(s) so far)']);
     const left = await waitForEntries(chat, id, 2);
     expect(left.map((e) => e.segments[0]?.text)).toEqual(['first question', 'You said: first question (0 image(s) so far)']);
+  });
+
+  it('refuses Undo while an answer is being written, then allows it', async () => {
+    const id = await newConversation(chat);
+    const release = engine.hold();
+    try {
+      expect((await post(chat, id, 'slow one')).status).toBe(202);
+      const early = await fetch(`${chat.url}api/conversations/${id}/undo`, { method: 'POST', headers: page });
+      expect(early.status).toBe(409);
+      expect(((await early.json()) as { error: string }).error).toBe('An answer is still being written here; undo once it is done.');
+    } finally {
+      release();
+    }
+    await waitForEntries(chat, id, 2);
+    expect((await fetch(`${chat.url}api/conversations/${id}/undo`, { method: 'POST', headers: page })).status).toBe(200);
+    expect(await waitForEntries(chat, id, 0)).toEqual([]);
   });
 
   it('saves a conversation as one HTML file with its images inline and every text escaped', async () => {
