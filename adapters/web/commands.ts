@@ -16,6 +16,7 @@ export const WEB_HELP = [
   '  /reset  forget this conversation',
   '  /undo  take back the last question and its answer',
   '  /settings [ret_scale=1.0] [max_images=2] [words=32] [temperature=0]  show or change how I answer here',
+  '  /settings reset  restore the default settings',
   '  /help  this message',
   'Each conversation in the list on the left has its own history. "Save" downloads the conversation as one HTML file with its images.',
 ].join('\n');
@@ -31,6 +32,7 @@ export function parseWebCommand(raw: string): WebCommand {
     case 'reset':
       return { kind: 'intent', intent: { kind: 'reset' } };
     case 'settings': {
+      if (arg.trim().toLowerCase() === 'reset') return { kind: 'intent', intent: { kind: 'settings', changes: {}, reset: true } };
       const pairs: Record<string, string> = {};
       for (const p of arg.split(/\s+/).filter(Boolean)) {
         const [k, v = ''] = p.split('=');

@@ -164,6 +164,16 @@ describe('web chat without a token (loopback)', () => {
     expect(left.map((e) => e.segments[0]?.text)).toEqual(['first question', 'You said: first question (0 image(s) so far)']);
   });
 
+  it('shows, changes and restores settings through the slash syntax', async () => {
+    const id = await newConversation(chat);
+    await post(chat, id, '/settings words=20 temperature=0.5');
+    await post(chat, id, '/settings reset');
+    const entries = await waitForEntries(chat, id, 4);
+    const notices = entries.filter((e) => e.role === 'bot').map((e) => e.segments[0]?.text ?? '');
+    expect(notices[0]).toContain('words=20 temperature=0.5');
+    expect(notices[1]).toContain('words=32 temperature=0');
+  });
+
   it('refuses Undo while an answer is being written, then allows it', async () => {
     const id = await newConversation(chat);
     const release = engine.hold();
