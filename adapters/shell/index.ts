@@ -83,6 +83,7 @@ export function createShellAdapter(options: ShellOptions): ShellAdapter {
 
   function responder(): Responder {
     let lastQueued = -1;
+    let thinking = false;
     return {
       async send(reply: Reply) {
         const label = reply.kind === 'error' ? 'fromage (error)> ' : reply.kind === 'busy' ? 'fromage (busy)> ' : 'fromage> ';
@@ -99,6 +100,8 @@ export function createShellAdapter(options: ShellOptions): ShellAdapter {
         prompt();
       },
       async typing() {
+        if (thinking) return;
+        thinking = true;
         print('(thinking...)');
       },
       async progress(update) {

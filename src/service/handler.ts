@@ -79,31 +79,48 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
   const { engine, history, scheduler, logger, metrics } = deps;
   /** Resets per conversation, so an answer finishing after a reset is not written back. */
   const resets = new Map<string, number>();
-  /** Per conversation, when the latest message so far has had all its replies delivered. */
-  const delivered = new Map<string, Promise<void>>();
+  /** Per conversation, the latest message so far: when it first showed something, and when all its replies were delivered. */
+  const latest = new Map<string, { shown: Promise<void>; delivered: Promise<void> }>();
 
   /**
    * Replies leave in arrival order: a message's replies wait until the one before it in the
    * conversation has had its replies delivered (a refused image does not jump ahead of the
-   * answer still being written for an earlier message). Progress and typing are not held back.
+   * answer still being written for an earlier message). Its first sign of life (typing, a
+   * queue position) waits until the one before it showed one, so platforms that turn that
+   * into a status message which later becomes the answer (Slack) keep the order on screen too.
    */
   function inArrivalOrder(conversation: string, responder: Responder): { responder: Responder; done: () => void } {
-    const before = delivered.get(conversation) ?? Promise.resolve();
-    let done!: () => void;
-    const mine = new Promise<void>((r) => (done = r));
-    delivered.set(conversation, mine);
-    void mine.then(() => {
-      if (delivered.get(conversation) === mine) delivered.delete(conversation);
+    const before = latest.get(conversation) ?? { shown: Promise.resolve(), delivered: Promise.resolve() };
+    let markShown!: () => void;
+    let markDelivered!: () => void;
+    const mine = { shown: new Promise<void>((r) => (markShown = r)), delivered: new Promise<void>((r) => (markDelivered = r)) };
+    latest.set(conversation, mine);
+    void mine.delivered.then(() => {
+      if (latest.get(conversation) === mine) latest.delete(conversation);
     });
+    const visibly = async (show: () => Promise<void>) => {
+      await before.shown;
+      try {
+        await show();
+      } finally {
+        markShown();
+      }
+    };
     const ordered: Responder = {
       send: async (r) => {
-        await before;
-        await responder.send(r);
+        await before.delivered;
+        await visibly(() => responder.send(r));
       },
-      typing: () => responder.typing(),
-      progress: (update) => responder.progress(update),
+      typing: () => visibly(() => responder.typing()),
+      progress: (update) => visibly(() => responder.progress(update)),
     };
-    return { responder: ordered, done };
+    return {
+      responder: ordered,
+      done: () => {
+        markShown();
+        markDelivered();
+      },
+    };
   }
 
   async function handle(message: IncomingMessage, platformResponder: Responder): Promise<void> {
@@ -129,6 +146,8 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
     // download and decoding, token counting): a quick message sent next cannot overtake this one.
     if (message.intent.kind === 'chat' || message.intent.kind === 'retrieve') {
       const place = scheduler.reserve(conversation, userOf(message));
+      // A sign of life now, in arrival order, while images download and the queue decides.
+      void responder.typing().catch(() => {});
       try {
         if (message.intent.kind === 'retrieve') return await retrieve(message, message.intent.query, message.intent.count, conversation, responder, place);
         return await chat(message, conversation, responder, place);

@@ -29,6 +29,8 @@ export interface HostedFile {
   status?: number;
   headers?: Record<string, string>;
   body?: Buffer | string;
+  /** Served after this long (a slow download). */
+  delayMs?: number;
 }
 
 export interface FileRequest {
@@ -156,6 +158,7 @@ export class FakeSlack {
         res.writeHead(404).end();
         return;
       }
+      if (hosted.delayMs) await new Promise((r) => setTimeout(r, hosted.delayMs));
       res.writeHead(hosted.status ?? 200, hosted.headers ?? { 'content-type': 'application/octet-stream' });
       res.end(hosted.body ?? '');
       return;
