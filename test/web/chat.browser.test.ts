@@ -102,6 +102,11 @@ describe.skipIf(SKIP_BROWSER)('the web chat in Chromium (engine double)', () => 
 
   it('sends an image chosen with the picker, streams the answer, shows the retrieved image decoded, full size on click', async () => {
     const page = await newPage();
+    // Works offline: every request the page makes goes to the chat itself (no CDN, no fonts).
+    const elsewhere: string[] = [];
+    page.on('request', (r) => {
+      if (!r.url().startsWith(chat.url) && !r.url().startsWith('blob:')) elsewhere.push(r.url());
+    });
     await openChat(page, chat.url);
     await newConversation(page);
     // Every text the pending reply shows while it is written.
@@ -136,6 +141,16 @@ describe.skipIf(SKIP_BROWSER)('the web chat in Chromium (engine double)', () => 
     expect((await decodedSizes(page, '#viewer-image'))[0].width).toBe(96);
     await page.keyboard.press('Escape');
     await page.waitForSelector('#viewer:not([open])', { state: 'attached' });
+    // Every control has a name a screen reader can say; every image has alt text.
+    const unnamed = await page.locator('button, a, textarea, input:not([type="file"])').evaluateAll((els) =>
+      els
+        .map((e) => e as unknown as { id: string; textContent: string; getAttribute(n: string): string | null; labels?: ArrayLike<unknown> })
+        .filter((e) => !(e.textContent ?? '').trim() && !e.getAttribute('aria-label') && !(e.labels && e.labels.length > 0))
+        .map((e) => e.id || 'anonymous'),
+    );
+    expect(unnamed).toEqual([]);
+    expect(await page.locator('#transcript img:not([alt])').count()).toBe(0);
+    expect(elsewhere).toEqual([]);
     await mkdir('.tmp', { recursive: true });
     await page.screenshot({ path: '.tmp/web-chat-double.png' });
     await page.close();
