@@ -145,22 +145,28 @@ export class Scheduler {
 
   /**
    * Expected finish time (ms from now) of the first `count` jobs in dispatch order: each goes to
-   * the slot that frees first. Jobs beyond those waiting are assumed to be average ones.
+   * the slot that frees first, but not before the previous job of its conversation is done
+   * (one at a time per conversation). Jobs beyond those waiting are assumed to be average ones.
    */
   private waitPlan(count: number): number[] {
     const now = this.now();
     const slots = Array.from({ length: this.options.concurrency }, () => 0);
+    const conversationDone = new Map<string, number>();
     let i = 0;
     for (const job of this.inFlight) {
       if (i >= slots.length) break;
-      slots[i++] = Math.max(0, this.estimate.runMs(job.spec.tokens) - (now - job.startedAt));
+      slots[i] = Math.max(0, this.estimate.runMs(job.spec.tokens) - (now - job.startedAt));
+      conversationDone.set(job.spec.conversation, slots[i++]);
     }
     const order = this.dispatchOrder();
     const finish: number[] = [];
     for (let p = 0; p < count; p++) {
       let free = 0;
       for (let s = 1; s < slots.length; s++) if (slots[s] < slots[free]) free = s;
-      slots[free] += this.estimate.runMs(order[p]?.spec.tokens);
+      const job = order[p];
+      const start = Math.max(slots[free], job ? (conversationDone.get(job.spec.conversation) ?? 0) : 0);
+      slots[free] = start + this.estimate.runMs(job?.spec.tokens);
+      if (job) conversationDone.set(job.spec.conversation, slots[free]);
       finish.push(slots[free]);
     }
     return finish;

@@ -269,4 +269,14 @@ describe('Scheduler', () => {
     expect(etas[0]).toBe(6);
     hold.release();
   });
+
+  it('does not count on slots a conversation cannot use: its jobs run one after another', async () => {
+    const s = new Scheduler({ ...base, concurrency: 4, initialRunEstimateMs: 2000 });
+    const hold = gate();
+    s.submit({ conversation: 'terminal', user: 'local', run: () => hold.done });
+    const etas: number[] = [];
+    for (let i = 0; i < 3; i++) s.submit({ conversation: 'terminal', user: 'local', run: async () => {}, onQueued: (_p, eta) => etas.push(eta) });
+    expect(etas.slice(0, 3)).toEqual([4, 6, 8]);
+    hold.release();
+  });
 });
