@@ -6,8 +6,9 @@
  * round, B single-sequence generations (src/model's KvCache path, exact preallocation) decode
  * the same number of tokens one after the other. Printed: ms per step, aggregate tokens/s of
  * each side and the ratio, and the cost of joining a prefilled prompt to the pool (the one copy
- * per job the batcher adds). Each arm gets one untimed warm-up step; which arm runs first
- * alternates over --rounds (use an odd count of 3 or more); medians reported.
+ * per job the batcher adds). Each arm gets one untimed warm-up step and reports its median
+ * step (a busy machine makes single steps slow); which arm runs first alternates over --rounds;
+ * the median over rounds is printed.
  *
  * Default bundle: the random-weight OPT-125m-shaped int4 one bench:serve builds (and reuses)
  * under /tmp/fromage-serve-bench; --bundle DIR for another (e.g. the OPT-6.7B-shaped int4 one
@@ -75,18 +76,28 @@ async function main(): Promise<void> {
         const embeds = new Float32Array(b * m.hidden_size);
         for (let r = 0; r < b; r++) embeds.set(token, r * m.hidden_size);
         await graphs.decodeStep(embeds, pool);
-        const t0 = performance.now();
-        for (let s = 0; s < tokens; s++) await graphs.decodeStep(embeds, pool);
-        (batched[b] ??= []).push((performance.now() - t0) / tokens);
+        const steps: number[] = [];
+        for (let s = 0; s < tokens; s++) {
+          const t0 = performance.now();
+          await graphs.decodeStep(embeds, pool);
+          steps.push(performance.now() - t0);
+        }
+        (batched[b] ??= []).push(median(steps));
       };
       const runSingle = async (): Promise<void> => {
         // One at a time: b sequences, `tokens` steps each, through the single-sequence cache.
         const caches: KvCache[] = [];
         for (let r = 0; r < b; r++) caches.push(await prefill(tokens + 1));
         await graphs.decode(token, caches[0], 1);
-        const t0 = performance.now();
-        for (const [i, c] of caches.entries()) for (let s = 0; s < tokens - (i === 0 ? 1 : 0); s++) await graphs.decode(token, c, 1);
-        (single[b] ??= []).push((performance.now() - t0) / (tokens * b - 1));
+        const steps: number[] = [];
+        for (const [i, c] of caches.entries()) {
+          for (let s = 0; s < tokens - (i === 0 ? 1 : 0); s++) {
+            const t0 = performance.now();
+            await graphs.decode(token, c, 1);
+            steps.push(performance.now() - t0);
+          }
+        }
+        (single[b] ??= []).push(median(steps));
       };
       // The arm that runs first after the prefills is slower on a busy machine: alternate.
       if (round % 2 === 0) {
@@ -98,7 +109,7 @@ async function main(): Promise<void> {
       }
     }
   }
-  out(`bench:batch  ${bundleDir} (${m.num_layers} layers x ${m.hidden_size}, ${bundle.manifest.weights.dtype}), threads ${threads}, context ${context}, ${tokens} steps, median of ${values.rounds} rounds\n`);
+  out(`bench:batch  ${bundleDir} (${m.num_layers} layers x ${m.hidden_size}, ${bundle.manifest.weights.dtype}), threads ${threads}, context ${context}, ${tokens} steps, median step of each arm, median of ${values.rounds} rounds\n`);
   out('rows | batched ms/step | batched tokens/s | one at a time ms/token | one at a time tokens/s | batched / one at a time\n');
   for (const b of batches) {
     const step = median(batched[b]);

@@ -11,7 +11,7 @@ import { Worker } from 'node:worker_threads';
 import { ImageInputError, type ReplyImage, type Segment } from '../conversation/types.ts';
 import { EngineInputError, type ChatResult, type Engine, type EngineInfo, type GenerationSettings, type PromptItem, type RunOptions } from './engine-api.ts';
 import { BundleError, CancelledError } from './errors.ts';
-import type { FromWorker, JobRequest, JobResult, WireError, WireImage, WorkerInit, WorkerInfo } from './worker-protocol.ts';
+import type { FromWorker, JobRequest, JobResult, ServingStats, WireError, WireImage, WorkerInit, WorkerInfo } from './worker-protocol.ts';
 import { Tokenizer } from './tokenizer/tokenizer.ts';
 import { KvBudgetError } from '../serving/kv-config.ts';
 
@@ -81,6 +81,7 @@ interface LiveWorker {
   readonly worker: Worker;
   readonly info: WorkerInfo;
   readonly pending: Map<number, PendingJob>;
+  readonly statsWaiting: Map<number, (s: ServingStats | undefined) => void>;
   dead: boolean;
 }
 
@@ -137,11 +138,13 @@ export class FromageEngine implements Engine {
         if (msg.type === 'init-error') return fail(fromWire(msg.error));
         if (msg.type !== 'ready') return fail(new EngineWorkerError(`unexpected first message from the model worker: ${msg.type}`));
         detach();
-        const live: LiveWorker = { worker, info: msg.info, pending: new Map(), dead: false };
+        const live: LiveWorker = { worker, info: msg.info, pending: new Map(), statsWaiting: new Map(), dead: false };
         worker.on('message', (m: FromWorker) => (m.type === 'log' ? log(m.level, m.message) : FromageEngine.dispatch(live, m)));
         const die = (why: string): void => {
           if (live.dead) return;
           live.dead = true;
+          for (const answer of live.statsWaiting.values()) answer(undefined);
+          live.statsWaiting.clear();
           for (const job of live.pending.values()) job.reject(new EngineWorkerError(`the model worker stopped (${why}) before the job finished; it will be restarted for the next job`));
           live.pending.clear();
         };
@@ -156,6 +159,11 @@ export class FromageEngine implements Engine {
 
   private static dispatch(live: LiveWorker, msg: FromWorker): void {
     if (msg.type === 'ready' || msg.type === 'init-error' || msg.type === 'log') return;
+    if (msg.type === 'stats') {
+      live.statsWaiting.get(msg.id)?.(msg.stats);
+      live.statsWaiting.delete(msg.id);
+      return;
+    }
     const job = live.pending.get(msg.id);
     if (!job) return;
     if (msg.type === 'text') {
@@ -201,6 +209,20 @@ export class FromageEngine implements Engine {
       };
       live.pending.set(id, { resolve: done(resolve), reject: done(reject), onText: options.onText });
       live.worker.postMessage({ type: 'job', id, job });
+    });
+  }
+
+  /**
+   * Batch occupancy and kept-cache counters of the current worker (for /metrics); undefined when
+   * no worker is running. The counters start again with each fresh worker.
+   */
+  async servingStats(): Promise<ServingStats | undefined> {
+    const live = this.live;
+    if (!live || live.dead) return undefined;
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      live.statsWaiting.set(id, resolve);
+      live.worker.postMessage({ type: 'stats', id });
     });
   }
 
@@ -259,6 +281,8 @@ export class FromageEngine implements Engine {
 
   private retire(live: LiveWorker, reason: string): void {
     live.dead = true;
+    for (const answer of live.statsWaiting.values()) answer(undefined);
+    live.statsWaiting.clear();
     for (const job of live.pending.values()) job.reject(new EngineWorkerError(`the model worker stopped (${reason}) before the job finished; it will be restarted for the next job`));
     live.pending.clear();
     live.worker.postMessage({ type: 'shutdown' });

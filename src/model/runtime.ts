@@ -12,7 +12,8 @@ import { preprocessImage, type LoadMode } from './preprocess.ts';
 import type { PromptPiece } from './prompt.ts';
 import type { RetrievalBackend } from './retrieval-backend.ts';
 import type { SessionOptions } from './session.ts';
-import { Batcher, type BatcherStats } from '../serving/batcher.ts';
+import { Batcher } from '../serving/batcher.ts';
+import type { ServingStats } from './worker-protocol.ts';
 import type { KvStore } from '../serving/kv-types.ts';
 import { imageIdentity } from '../serving/position-keys.ts';
 
@@ -40,6 +41,7 @@ export class FromageRuntime {
   readonly graphs: FromageGraphs;
   private readonly visualCache = new Map<string, VisionOutput>();
   private batcher: Batcher | undefined;
+  private store: KvStore | undefined;
 
   private constructor(
     readonly bundle: Bundle,
@@ -64,11 +66,13 @@ export class FromageRuntime {
   enableServing(o: ServingOptions): void {
     if (this.batcher) throw new Error('serving is already enabled');
     const m = this.bundle.manifest.model;
+    this.store = o.store;
     this.batcher = new Batcher({ graphs: this.graphs, maxRows: o.batch, maxPositions: m.max_positions, store: o.store, warn: o.warn });
   }
 
-  servingStats(): BatcherStats | undefined {
-    return this.batcher?.stats();
+  servingStats(): ServingStats | undefined {
+    if (!this.batcher) return undefined;
+    return { batch: this.batcher.stats(), kv: this.store?.stats() };
   }
 
   /** The graphs decoder calls go through: gated by the batcher once serving is enabled. */

@@ -3,6 +3,8 @@ import type { LoadMode } from './preprocess.ts';
 import type { Device } from './session.ts';
 import type { FromageSettings } from './fromage.ts';
 import type { KvCodecName } from '../serving/kv-codec.ts';
+import type { BatcherStats } from '../serving/batcher.ts';
+import type { KvStoreStats } from '../serving/kv-types.ts';
 
 export interface WorkerInit {
   readonly bundleDir: string;
@@ -68,8 +70,15 @@ export interface WireError {
   readonly reason?: string;
 }
 
+/** Counters for /metrics: batch occupancy, and reuse when kept caches are on. */
+export interface ServingStats {
+  readonly batch: BatcherStats;
+  readonly kv?: KvStoreStats;
+}
+
 export type ToWorker =
   | { readonly type: 'job'; readonly id: number; readonly job: JobRequest }
+  | { readonly type: 'stats'; readonly id: number }
   | { readonly type: 'cancel'; readonly id: number }
   /** Abort everything and exit once no graph call is running (terminating mid-call would abort the process). */
   | { readonly type: 'shutdown' };
@@ -80,4 +89,5 @@ export type FromWorker =
   | { readonly type: 'init-error'; readonly error: WireError }
   | { readonly type: 'text'; readonly id: number; readonly text: string }
   | { readonly type: 'result'; readonly id: number; readonly result: JobResult }
+  | { readonly type: 'stats'; readonly id: number; readonly stats: ServingStats }
   | { readonly type: 'error'; readonly id: number; readonly error: WireError };

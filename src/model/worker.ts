@@ -106,6 +106,11 @@ async function main(): Promise<void> {
       running.get(msg.id)?.abort();
       return;
     }
+    if (msg.type === 'stats') {
+      const stats = runtime.servingStats();
+      if (stats) send({ type: 'stats', id: msg.id, stats });
+      return;
+    }
     if (msg.type === 'shutdown') {
       closing = true;
       for (const ctl of running.values()) ctl.abort();

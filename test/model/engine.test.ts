@@ -3,7 +3,7 @@
  * loopback. Checks the answers against the oracle cases and the failure paths a user can cause.
  */
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -205,6 +205,38 @@ describe('FromageEngine decoding several answers in one batch (FROMAGE_BATCH=3)'
     expect(together.slice(0, 3)).toEqual(alone.map((value) => ({ status: 'fulfilled', value })));
     expect(together[3]).toMatchObject({ status: 'rejected', reason: expect.any(CancelledError) });
     expect(streams).toEqual([24, 24, 24]);
+  });
+
+  it('reuses kept caches across turns, spills them at close, and resumes from disk after a restart, with the same answers', async () => {
+    const kvDir = await mkdtemp(join(tmpdir(), 'fromage-kv-'));
+    const options = { bundleDir, indexDirs: [], fetch: false, threads: 1, batch: 2, kvCacheMb: 64, kvDiskMb: 64, kvCodec: 'fp32' as const, kvDir, onLog: () => undefined };
+    try {
+      const turn1: PromptItem[] = [await image('images/dialogue_1.png'), { type: 'text', text: 'Q: what do you see?\nA:' }];
+      const first = await FromageEngine.start(options);
+      const a1 = await first.chat(turn1, { ...greedy, maxWords: 8 });
+      const turn2: PromptItem[] = [...turn1, { type: 'text', text: `${a1.historyText}\n` }, { type: 'text', text: 'Q: is it round?\nA:' }];
+      const a2 = await first.chat(turn2, { ...greedy, maxWords: 8 });
+      const st = await first.servingStats();
+      expect(st?.batch).toMatchObject({ maxRows: 2, rows: 0 });
+      expect(st?.kv?.reusedPositions).toBeGreaterThan(0);
+      await first.close();
+      expect((await readdir(kvDir)).some((f) => f.endsWith('.kv'))).toBe(true);
+      const turn3: PromptItem[] = [...turn2, { type: 'text', text: `${a2.historyText}\n` }, { type: 'text', text: 'Q: why?\nA:' }];
+      const resumed = await FromageEngine.start(options);
+      const cold = await FromageEngine.start({ ...options, kvCacheMb: 0 });
+      try {
+        expect(await resumed.chat(turn3, { ...greedy, maxWords: 8 })).toEqual(await cold.chat(turn3, { ...greedy, maxWords: 8 }));
+        const kv = (await resumed.servingStats())?.kv;
+        expect(kv?.spillReads).toBeGreaterThan(0);
+        expect(kv?.reusedPositions).toBeGreaterThan(20);
+        expect((await cold.servingStats())?.kv).toBeUndefined();
+      } finally {
+        await resumed.close();
+        await cold.close();
+      }
+    } finally {
+      await rm(kvDir, { recursive: true, force: true });
+    }
   });
 
   it('a worker that dies mid-batch fails only the jobs in flight; the next job gets a fresh worker', async () => {
