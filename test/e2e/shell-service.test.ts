@@ -4,6 +4,7 @@
  * the service (history, scheduler, handler) and the shell adapter driven through stdin/stdout.
  * Answers must be the reference FROMAGe's.
  */
+import { showControlCharacters } from '../../src/conversation/text.ts';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -89,7 +90,8 @@ describe('fromage in a terminal, end to end on the fixture model', () => {
     await type(`/image ${FIXTURES}/images/landscape.png`, /attached/);
     const out = await type('what is this?', /fromage> .*\n/);
     const expected = cases.vis1.i_image_qa.return_outputs[0] as string;
-    expect(out).toContain(`fromage> ${expected}`);
+    // The terminal shows the model's control bytes instead of sending them (issue 11).
+    expect(out).toContain(`fromage> ${showControlCharacters(expected)}`);
   });
 
   it('shows the images the model retrieves mid-answer, in order (case iv)', async () => {
