@@ -122,6 +122,15 @@ async function dialogue(engine: FromageEngine, turns: number, answer: number, wo
 
 const ms = (x: number): string => `${x.toFixed(0)} ms`;
 
+/** Wall and CPU time (all threads of this process) of `f`: on a shared machine CPU time is the steadier figure. */
+async function timed<T>(f: () => Promise<T>): Promise<{ value: T; text: string }> {
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  const value = await f();
+  const c = process.cpuUsage(c0);
+  return { value, text: `${ms(performance.now() - t0)} (cpu ${ms((c.user + c.system) / 1000)})` };
+}
+
 async function sectionLoad(bundleDir: string, answer: number): Promise<void> {
   out('\nload. fresh engine (worker thread) until ready, then the first answer\n');
   out('run | engine ready | first token of the first answer | first answer done\n');
@@ -134,20 +143,25 @@ async function sectionLoad(bundleDir: string, answer: number): Promise<void> {
     await engine.close();
   }
   // Where it goes, in this process, one part after another.
-  const t0 = performance.now();
-  const manifest = await readManifest(bundleDir);
-  await Tokenizer.fromFile(join(bundleDir, TOKENIZER_FILE));
-  const tTok = performance.now() - t0;
-  const parts: string[] = [`manifest + tokenizer ${ms(tTok)}`];
+  const parts: string[] = [];
+  const m = await timed(() => readManifest(bundleDir));
+  const manifest = m.value;
+  parts.push(`manifest ${m.text}`);
+  parts.push(`tokenizer ${(await timed(() => Tokenizer.fromFile(join(bundleDir, TOKENIZER_FILE)))).text}`);
   const sessions = [];
   for (const graph of ['vision', 'embed', 'decoder'] as const) {
-    const s0 = performance.now();
-    sessions.push((await createSession(join(bundleDir, manifest.graphs[graph]), {})).session);
-    parts.push(`${graph} session ${ms(performance.now() - s0)}`);
+    const s = await timed(() => createSession(join(bundleDir, manifest.graphs[graph]), {}));
+    sessions.push(s.value.session);
+    parts.push(`${graph} session ${s.text}`);
   }
   const rss = residentBreakdown();
   out(`in-process, one after another: ${parts.join(', ')}${rss ? `; resident ${rss.anon.toFixed(2)} GiB private + ${rss.file.toFixed(2)} GiB file-backed` : ''}\n`);
   await Promise.all(sessions.map((s) => s.release()));
+  // Without prepacking the decoder loads but runs far slower: the difference is what
+  // onnxruntime spends building its private packed copies of the weights.
+  const bare = await timed(() => createSession(join(bundleDir, manifest.graphs.decoder), { configEntries: { 'session.disable_prepacking': '1' } }));
+  out(`decoder session without weight prepacking (not usable for serving: far slower steps): ${bare.text}\n`);
+  await bare.value.session.release();
 }
 
 async function sectionMultiTurn(bundleDir: string, f: Features, turns: number, answer: number): Promise<Turn[]> {

@@ -1,14 +1,14 @@
 /**
  * How many intra-op threads onnxruntime gets when FROMAGE_THREADS is 0 (the default).
  *
- * onnxruntime's own default is one thread per physical core of the whole machine, each pinned
- * to its core. It ignores what this process may really use: a container limited by a cgroup
- * CPU quota, or a process given a CPU subset (taskset, cpuset), still gets one pinned thread
- * per host core, and on a shared 2-core machine the pinned pool measured 1.5-1.7x slower per
- * token than two unpinned threads (docs/runtime.md, "Threads"). So the default here is the
- * number of CPUs this process may run on (its scheduler affinity), capped by the cgroup CPU
- * quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`), at least 1, and the count is passed explicitly,
- * which also leaves the threads unpinned.
+ * onnxruntime's own default is one thread per physical core of the whole host, each pinned to
+ * its core. It ignores what this process may really use: a container limited by a cgroup CPU
+ * quota still gets one pinned thread per host core, and on the shared 2-core development
+ * machine the pinned default measured 258 ms/token and 8.7 prefill positions/s against 148 and
+ * 14.3 with two unpinned threads (OPT-6.7B shape, int4; docs/runtime.md, "Threads"). So the
+ * default here is the number of CPUs this process may run on (its scheduler affinity, which
+ * taskset and cpusets narrow), capped by the cgroup CPU quota (v2 `cpu.max`, v1
+ * `cpu.cfs_quota_us`), at least 1, passed explicitly, which also leaves the threads unpinned.
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
