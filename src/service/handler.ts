@@ -146,8 +146,10 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
     // download and decoding, token counting): a quick message sent next cannot overtake this one.
     if (message.intent.kind === 'chat' || message.intent.kind === 'retrieve') {
       const place = scheduler.reserve(conversation, userOf(message));
-      // A sign of life now, in arrival order, while images download and the queue decides.
-      void responder.typing().catch(() => {});
+      // A sign of life now, in arrival order, while images download and the queue decides
+      // (not for an empty message, which is answered at once).
+      const empty = message.intent.kind === 'retrieve' ? !message.intent.query.trim() : !message.text.trim() && message.images.length === 0;
+      if (!empty) void responder.typing().catch(() => {});
       try {
         if (message.intent.kind === 'retrieve') return await retrieve(message, message.intent.query, message.intent.count, conversation, responder, place);
         return await chat(message, conversation, responder, place);
