@@ -24,8 +24,8 @@ export interface WebAppDeps {
   readonly live: LiveConversations;
   /** Set once the service started the adapter. */
   readonly handler: () => MessageHandler | undefined;
-  /** The model's history, for Undo. */
-  readonly history?: Pick<HistoryStore, 'dropLastExchange'>;
+  /** The model's history, for Undo and Delete. */
+  readonly history?: Pick<HistoryStore, 'dropLastExchange' | 'reset'>;
   readonly logger?: AdapterLogger;
   /** Resolves when the server stops, ending the event streams. */
   readonly stopping: Promise<void>;
@@ -197,6 +197,16 @@ export function createWebApp(deps: WebAppDeps): Hono {
   app.post('/api/conversations/:id/undo', (c) => {
     const id = c.req.param('id');
     return store.get(id) ? undo(c, id) : missing(c);
+  });
+
+  app.delete('/api/conversations/:id', (c) => {
+    const id = c.req.param('id');
+    if (!store.get(id)) return missing(c);
+    if (live.busy(id)) return c.json({ error: 'An answer is still being written here; delete the conversation once it is done.' }, 409);
+    store.delete(id);
+    deps.history?.reset(conversationId(webKey(id)));
+    live.publish(id, { type: 'deleted', data: {} });
+    return c.json({ deleted: id });
   });
 
   app.get('/api/conversations/:id/export', (c) => {

@@ -18,7 +18,7 @@ export const WEB_HELP = [
   '  /settings [ret_scale=1.0] [max_images=2] [words=32] [temperature=0]  show or change how I answer here',
   '  /settings reset  restore the default settings',
   '  /help  this message',
-  'Each conversation in the list on the left has its own history. "Save" downloads the conversation as one HTML file with its images.',
+  'Each conversation in the list on the left has its own history. "Save" downloads the conversation as one HTML file with its images; "Delete" removes it and makes me forget it.',
 ].join('\n');
 
 export function parseWebCommand(raw: string): WebCommand {

@@ -16,8 +16,8 @@ import { TranscriptStore } from './store.ts';
 export { DEFAULT_WEB_PORT, WebConfigError, type WebSettings } from './settings.ts';
 
 export interface WebAdapterOptions extends WebSettings {
-  /** The model's history, so Undo also takes the exchange out of the prompt. */
-  readonly history?: Pick<HistoryStore, 'dropLastExchange'>;
+  /** The model's history, so Undo and Delete also take exchanges out of the prompt. */
+  readonly history?: Pick<HistoryStore, 'dropLastExchange' | 'reset'>;
   readonly logger?: AdapterLogger;
   /** Told the address to open once the server listens. */
   readonly onListening?: (url: string) => void;

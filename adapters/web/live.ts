@@ -12,7 +12,9 @@ export type LiveEvent =
   /** An exchange got all its replies. */
   | { readonly type: 'done'; readonly data: { readonly exchange: number } }
   /** Entries were removed (undo, reset): fetch the conversation again. */
-  | { readonly type: 'reload'; readonly data: Record<string, never> };
+  | { readonly type: 'reload'; readonly data: Record<string, never> }
+  /** The conversation was deleted (from another tab, perhaps). */
+  | { readonly type: 'deleted'; readonly data: Record<string, never> };
 
 export type Listener = (event: LiveEvent) => void;
 

@@ -143,6 +143,16 @@ export class TranscriptStore {
     })();
   }
 
+  /** Removes the conversation, its entries and the images only it showed. */
+  delete(conversation: string): boolean {
+    return this.db.transaction(() => {
+      this.db.prepare('DELETE FROM entries WHERE conversation = ?').run(conversation);
+      const { changes } = this.db.prepare('DELETE FROM conversations WHERE id = ?').run(conversation);
+      this.collectImages();
+      return changes > 0;
+    })();
+  }
+
   clear(conversation: string): void {
     this.db.transaction(() => {
       this.db.prepare('DELETE FROM entries WHERE conversation = ?').run(conversation);

@@ -206,6 +206,13 @@ describe.skipIf(SKIP_BROWSER)('the web chat in Chromium (engine double)', () => 
     await left.waitForSelector('body[data-ready="true"]');
     await expect.poll(() => left.locator('#conversations').textContent()).toContain('right question');
     expect(await left.locator('#title').textContent()).toBe('left question');
+    // Deleting the right conversation takes it out of the list; the right page moves on.
+    await right.click('#delete');
+    await expect.poll(() => right.locator('#conversations').textContent()).not.toContain('right question');
+    expect(await right.locator('#transcript').textContent()).not.toContain('right question');
+    await left.reload();
+    await left.waitForSelector('body[data-ready="true"]');
+    expect(await left.locator('#conversations').textContent()).not.toContain('right question');
     await left.close();
     await right.close();
   });

@@ -190,6 +190,23 @@ describe('web chat without a token (loopback)', () => {
     expect(await waitForEntries(chat, id, 0)).toEqual([]);
   });
 
+  it('deletes a conversation: gone from the list, forgotten by the model, its images dropped', async () => {
+    const id = await newConversation(chat);
+    await post(chat, id, 'remember me', [{ name: 'only-here.png', data: await pngImage(9, 9, [1, 2, 3]) }]);
+    const [user] = await waitForEntries(chat, id, 2);
+    const hash = (user.segments[1] as unknown as { images: { hash: string }[] }).images[0].hash;
+    expect((await fetch(`${chat.url}api/images/${hash}`)).status).toBe(200);
+    expect(chat.history.turns(`web:local:${id}:-`)).toHaveLength(2);
+    const res = await fetch(`${chat.url}api/conversations/${id}`, { method: 'DELETE', headers: page });
+    expect(res.status).toBe(200);
+    expect(chat.history.turns(`web:local:${id}:-`)).toEqual([]);
+    expect((await fetch(`${chat.url}api/conversations/${id}`)).status).toBe(404);
+    expect((await fetch(`${chat.url}api/images/${hash}`)).status).toBe(404);
+    const list = (await (await fetch(`${chat.url}api/conversations`)).json()) as { conversations: { id: string }[] };
+    expect(list.conversations.map((c) => c.id)).not.toContain(id);
+    expect((await fetch(`${chat.url}api/conversations/${id}`, { method: 'DELETE' })).status).toBe(403);
+  });
+
   it('saves a conversation as one HTML file with its images inline and every text escaped', async () => {
     const id = await newConversation(chat);
     await post(chat, id, '<img src=x onerror=alert(1)> look', [{ name: '"><script>.png', data: await pngImage(8, 8) }]);

@@ -111,6 +111,7 @@ async function select(id) {
   events.addEventListener('progress', mine(({ exchange, progress }) => showPending(exchange, progress)));
   events.addEventListener('done', mine(({ exchange }) => finish(exchange)));
   events.addEventListener('reload', mine(() => void refresh()));
+  events.addEventListener('deleted', mine(() => void showFirstConversation()));
 }
 
 async function refresh() {
@@ -277,6 +278,31 @@ async function send(text, { withImages = true } = {}) {
   }
 }
 
+async function deleteConversation() {
+  if (!confirm('Delete this conversation? It leaves the list and the bot forgets it; this cannot be undone.')) return;
+  showAlert('');
+  const id = state.current;
+  // This tab moves on by itself; its own stream need not tell it.
+  state.events?.close();
+  state.events = undefined;
+  try {
+    await api(`/api/conversations/${encodeURIComponent(id)}`, { method: 'DELETE' });
+    await showFirstConversation();
+  } catch (err) {
+    await select(id);
+    showAlert(err.message);
+  }
+}
+
+/** After a deletion: the newest conversation left, or a fresh one. */
+async function showFirstConversation() {
+  state.events?.close();
+  state.events = undefined;
+  const conversations = await loadConversations();
+  if (conversations.length > 0) await select(conversations[0].id);
+  else await newConversation();
+}
+
 async function undo() {
   showAlert('');
   try {
@@ -352,6 +378,7 @@ function wire() {
     if (confirm('Forget this conversation? The bot will not remember it, and it cannot be undone.')) void send('/reset', { withImages: false });
   });
   $('undo').addEventListener('click', () => void undo());
+  $('delete').addEventListener('click', () => void deleteConversation());
   $('help').addEventListener('click', () => void send('/help', { withImages: false }));
   $('open-settings').addEventListener('click', openSettings);
   $('settings-dialog').addEventListener('close', applySettings);
