@@ -297,6 +297,21 @@ describe.skipIf(SKIP_BROWSER)('the web chat in Chromium (engine double)', () => 
     expect(await page.evaluate(() => (globalThis as unknown as { __xss?: unknown }).__xss)).toBeUndefined();
     expect((page as Page & { alerts?: string[] }).alerts ?? []).toEqual([]);
     expect(violations).toEqual([]);
+
+    // The saved file is as inert as the page, and holds its images itself.
+    const id = new URLSearchParams(new URL(page.url()).hash.slice(1)).get('c')!;
+    const saved = await (await page.request.get(`${chat.url}api/conversations/${id}/export`)).text();
+    const file = await newPage();
+    await file.setContent(saved);
+    const images = await decodedSizes(file, 'img');
+    expect(images.length).toBe(3);
+    expect(images.every((i) => i.width > 0)).toBe(true);
+    expect(await file.locator('script, iframe, svg').count()).toBe(0);
+    expect(await file.locator('a').evaluateAll((as) => as.map((a) => (a as unknown as { getAttribute(n: string): string }).getAttribute('href')))).toEqual(['https://ok.example/a?%3Cscript%3Ex%3C/script%3E']);
+    await file.waitForTimeout(100);
+    expect(await file.evaluate(() => (globalThis as unknown as { __xss?: unknown }).__xss)).toBeUndefined();
+    expect((file as Page & { alerts?: string[] }).alerts ?? []).toEqual([]);
+    await file.close();
     await page.close();
   });
 
