@@ -7,8 +7,9 @@
  * path, after copying in the longest kept prefix when a KvStore is given), chunk by chunk; each
  * chunk takes its turn at the decoder gate between two steps, so rows already answering keep
  * streaming. Then it joins the pool (one copy of its prompt's cache) and decodes with the
- * others. A finished row's cache is offered to the store, and its row is freed at once; a
- * cancelled row is dropped before the next step. Everything that calls the decoder goes
+ * others. A finished row is copied out and freed at once; the copy is offered to the store in
+ * the background (a later prompt's match waits for it); a cancelled row is dropped before the
+ * next step. Everything that calls the decoder goes
  * through the gate in arrival order, so no two decoder calls overlap.
  */
 import { checkContext, type GenerateCallbacks, type GenerateSettings, type Generated, type TokenGenerator } from '../model/generate.ts';
@@ -122,6 +123,8 @@ export class Batcher {
   private readonly rows: Row[] = [];
   private readonly admission: Admission;
   private looping = false;
+  /** Caches being handed to the store: a match waits for them, so a next turn finds its last one. */
+  private readonly keeping = new Set<Promise<void>>();
   private steps = 0;
   private rowSteps = 0;
 
@@ -160,7 +163,7 @@ export class Batcher {
     const seq = new Sequence(s, cb);
     const token = seq.advance(step.logits);
     if (token === undefined) {
-      if (keys) await this.keep(keys, cache);
+      if (keys) this.keepLater(keys, cache);
       return seq.result();
     }
     return new Promise<Generated>((resolve, reject) => {
@@ -179,6 +182,7 @@ export class Batcher {
   private async restore(cache: KvCache, keys: readonly PositionKey[] | undefined): Promise<number> {
     const store = this.o.store;
     if (!store || !keys || keys.length < 2) return 0;
+    await Promise.all(this.keeping);
     try {
       const match = await store.match(keys, keys.length - 1);
       if (!match || match.length === 0) return 0;
@@ -191,12 +195,15 @@ export class Batcher {
     }
   }
 
-  private async keep(keys: readonly PositionKey[], from: KvReader): Promise<void> {
-    try {
-      await this.o.store?.insert(keys, from);
-    } catch (err) {
-      this.o.warn?.(`could not keep a KV cache (${err instanceof Error ? err.message : String(err)})`);
-    }
+  /** Offers a finished sequence's cache to the store without making anyone wait for it. */
+  private keepLater(keys: readonly PositionKey[], from: KvReader): void {
+    const store = this.o.store;
+    if (!store) return;
+    const kept: Promise<void> = store
+      .insert(keys, from)
+      .catch((err: unknown) => this.o.warn?.(`could not keep a KV cache (${err instanceof Error ? err.message : String(err)})`))
+      .finally(() => this.keeping.delete(kept));
+    this.keeping.add(kept);
   }
 
   private kick(): void {
@@ -219,7 +226,7 @@ export class Batcher {
   /** One decoder call for every row; runs inside the gate. */
   private async step(): Promise<void> {
     // A cancelled answer leaves before the call rather than after it.
-    for (const row of [...this.rows]) if (row.signal?.aborted) await this.leave(row, new CancelledError());
+    for (const row of [...this.rows]) if (row.signal?.aborted) this.leave(row, new CancelledError());
     const n = this.rows.length;
     if (n === 0) return;
     let out;
@@ -227,7 +234,7 @@ export class Batcher {
       const embeds = await this.raw.embedTokens(this.rows.map((r) => r.token));
       out = await this.raw.decodeStep(embeds, this.pool);
     } catch (err) {
-      for (const row of [...this.rows]) await this.leave(row, err);
+      for (const row of [...this.rows]) this.leave(row, err);
       return;
     }
     this.steps++;
@@ -245,14 +252,14 @@ export class Batcher {
         done.push(row);
       }
     });
-    for (const row of done) await this.leave(row, row.error);
+    for (const row of done) this.leave(row, row.error);
   }
 
-  /** Frees a row (offering a finished one's cache to the store first) and settles its job. */
-  private async leave(row: Row, error: unknown): Promise<void> {
+  /** Frees a row (a finished one's cache copied out for the store first) and settles its job. */
+  private leave(row: Row, error: unknown): void {
     const index = this.rows.indexOf(row);
     if (index < 0) return;
-    if (error === undefined && row.keys) await this.keep([...row.keys, ...row.seq.fedBack], this.pool.reader(index));
+    if (error === undefined && row.keys && this.o.store) this.keepLater([...row.keys, ...row.seq.fedBack], this.pool.snapshot(index));
     const moved = this.pool.leave(index);
     if (moved !== undefined) this.rows[index] = this.rows[moved];
     this.rows.pop();
@@ -263,6 +270,7 @@ export class Batcher {
   /** Writes what the store keeps (on shutdown). Jobs must have ended (their signals aborted). */
   async close(): Promise<void> {
     await this.gate.run(async () => undefined);
+    await Promise.all(this.keeping);
     await this.o.store?.close();
   }
 }

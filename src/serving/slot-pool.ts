@@ -117,6 +117,30 @@ export class SlotPool implements BatchedCache {
     };
   }
 
+  /**
+   * A copy of one row's filled positions, detached from the pool (which may then change): what
+   * a finished row gives the prefix store, so the store's encoding runs outside the batch's steps.
+   */
+  snapshot(row: number): KvReader {
+    this.check(row);
+    const { heads, headDim } = this.shape;
+    const length = this.lengths[row];
+    const run = length * headDim;
+    const copies = this.buffers.map((buf) => {
+      const out = new Float32Array(heads * run);
+      for (let h = 0; h < heads; h++) out.set(buf.subarray(this.offset(row, h, 0), this.offset(row, h, length)), h * run);
+      return out;
+    });
+    return {
+      shape: this.shape,
+      length,
+      read: (j, h, from, to) => {
+        if (from < 0 || to > length || from > to) throw new RangeError(`cannot read positions [${from}, ${to}) of a snapshot holding ${length}`);
+        return copies[j].subarray(h * run + from * headDim, h * run + to * headDim);
+      },
+    };
+  }
+
   /** Write access to one active row's slots [0, capacity) (its length stays as it is). */
   writer(row: number): KvWriter {
     this.check(row);

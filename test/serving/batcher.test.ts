@@ -146,6 +146,8 @@ describe('Batcher (vis1 fixture bundle)', () => {
     const p = await idsPrompt(20, 11);
     const g = await batcher.generate(p, s, { keys: [...Array(p.length).keys()] });
     expect(g.ids).toEqual((await generateTokens(graphs, p, s)).ids);
+    // The cache is handed to the store in the background; close waits for it.
+    await batcher.close();
     expect(warnings.join('\n')).toMatch(/not reused \(disk gone\)[\s\S]*could not keep a KV cache \(disk full\)/);
   });
 });

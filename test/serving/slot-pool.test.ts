@@ -145,4 +145,17 @@ describe('SlotPool', () => {
     expect(Array.from(pool.reader(0).read(1, 2, 1, 2))).toEqual([-1, -2]);
     expect(() => pool.writer(0).write(0, 0, 7, new Float32Array(4))).toThrow(/into a row with room for 8/);
   });
+
+  it('snapshots a row into a copy that outlives the pool changing', () => {
+    const pool = new SlotPool(shape, 2);
+    pool.join(cacheOf(1, 5), 10);
+    pool.join(cacheOf(2, 7), 40);
+    const snap = pool.snapshot(0);
+    pool.leave(0);
+    pool.leave(0);
+    pool.join(cacheOf(3, 30), 10);
+    expect(snap.length).toBe(5);
+    for (let t = 0; t < T; t++) for (let h = 0; h < shape.heads; h++) expect(Array.from(snap.read(t, h, 4, 5))).toEqual([val(1, t, h, 4, 0), val(1, t, h, 4, 1)]);
+    expect(() => snap.read(0, 0, 0, 6)).toThrow(/snapshot holding 5/);
+  });
 });
