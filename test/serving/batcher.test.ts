@@ -42,7 +42,7 @@ function expectSame(got: Generated, want: Generated): void {
 }
 
 describe('Batcher (vis1 fixture bundle)', () => {
-  it('rows of very different lengths (a 9-position question beside a 110-position prompt) each get the answer they get alone', async () => {
+  it('rows of very different lengths (a 9-position question beside a 110-position prompt), greedy or sampled, each get the answer they get alone', async () => {
     const short = await assemblePrompt(graphs, bundle.tokenizer, [{ kind: 'text', text: 'Q: hi\nA:' }]);
     const long = await idsPrompt(110, 53);
     const mid = await idsPrompt(47, 37);
@@ -50,10 +50,12 @@ describe('Batcher (vis1 fixture bundle)', () => {
       [short, { ...s, numWords: 16 }],
       [long, { ...s, numWords: 12 }],
       [mid, { ...s, numWords: 14, retScaleFactor: 1.8 }],
+      // Sampling: each row draws from its own seeded generator.
+      [mid, { ...s, numWords: 14, temperature: 0.8, topP: 0.9, seed: 5 }],
     ];
     expect(short.length).toBeLessThan(12);
     const alone = await Promise.all(jobs.map(([p, js]) => generateTokens(graphs, p, js, { recordLogits: true })));
-    const batcher = new Batcher({ graphs, maxRows: 3, maxPositions: s.maxPositions });
+    const batcher = new Batcher({ graphs, maxRows: 4, maxPositions: s.maxPositions });
     const together = await Promise.all(jobs.map(([p, js]) => batcher.generate(p, js, { recordLogits: true })));
     together.forEach((g, i) => expectSame(g, alone[i]));
     const st = batcher.stats();
