@@ -209,7 +209,7 @@ describe.skipIf(SKIP_BROWSER)('the web chat in Chromium (engine double)', () => 
     // Deleting the right conversation takes it out of the list; the right page moves on.
     await right.click('#delete');
     await expect.poll(() => right.locator('#conversations').textContent()).not.toContain('right question');
-    expect(await right.locator('#transcript').textContent()).not.toContain('right question');
+    await expect.poll(() => right.locator('#transcript').textContent()).not.toContain('right question');
     await left.reload();
     await left.waitForSelector('body[data-ready="true"]');
     expect(await left.locator('#conversations').textContent()).not.toContain('right question');

@@ -99,6 +99,10 @@ async function select(id) {
   $('save').href = `/api/conversations/${encodeURIComponent(id)}/export`;
   renderConversationList();
   showAlert('');
+  // Nothing of the previous conversation stays on screen while this one loads.
+  state.rendered.clear();
+  state.done.clear();
+  $('transcript').replaceChildren();
   state.events?.close();
   // The stream opens first; the transcript is fetched once it is ready, so nothing falls between.
   const events = new EventSource(`/api/conversations/${encodeURIComponent(id)}/events`);
