@@ -34,8 +34,10 @@ export function renderReply(reply: Reply): OutgoingMessage[] {
 
 /** Plain text of a reply, for places that cannot carry attachments (ephemeral errors). */
 export function replyText(reply: Reply): string {
-  return reply.segments
-    .map((s) => (s.type === 'text' ? s.text : ''))
-    .join('\n')
-    .trim();
+  return showControlCharacters(
+    reply.segments
+      .map((s) => (s.type === 'text' ? s.text : ''))
+      .join('\n')
+      .trim(),
+  );
 }

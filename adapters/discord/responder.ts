@@ -7,6 +7,7 @@
  */
 import { AttachmentBuilder, MessageFlags, type ChatInputCommandInteraction, type Message, type MessageCreateOptions } from 'discord.js';
 import type { Progress, Reply, ReplyImage, Responder } from '../../src/conversation/types.ts';
+import { showControlCharacters } from '../../src/conversation/text.ts';
 import { classifyDiscordError, type DiscordFailure, type ErrorReporter } from './errors.ts';
 import { renderReply, replyText, type OutgoingMessage } from './render.ts';
 import { DEFAULT_UPLOAD_LIMIT, fitToUploadLimit } from './upload.ts';
@@ -91,7 +92,7 @@ abstract class BaseResponder implements DiscordResponder {
       return;
     }
     await this.typing();
-    if (update.text) this.throttle.push(update.text);
+    if (update.text) this.throttle.push(showControlCharacters(update.text));
     else if (this.hasProgress()) this.throttle.push('⚙️ Working on it…');
   }
 

@@ -6,6 +6,7 @@
  */
 import type { AdapterLogger } from '../../src/conversation/logger.ts';
 import type { Progress, Reply, ReplyImage, Responder } from '../../src/conversation/types.ts';
+import { showControlCharacters } from '../../src/conversation/text.ts';
 import { escapeMrkdwn, renderTextMessages } from './mrkdwn.ts';
 import { StatusMessage, STATUS_UPDATE_INTERVAL_MS } from './status-message.ts';
 import { slackErrorCode, type Destination, type SlackApi } from './web-api.ts';
@@ -31,7 +32,8 @@ export function progressText(update: Progress): string {
     const eta = update.etaSeconds > 0 ? `, about ${Math.max(1, Math.round(update.etaSeconds))} s` : '';
     return `:hourglass_flowing_sand: Queued: position ${update.position}${eta}.`;
   }
-  return `:thought_balloon: ${update.text ? update.text : 'Thinking…'}`;
+  // Streamed model text is shown as text: escaped (no <!channel> pings) and with controls visible.
+  return `:thought_balloon: ${update.text ? escapeMrkdwn(showControlCharacters(update.text)) : 'Thinking…'}`;
 }
 
 /** The public messages a reply becomes, in order. */

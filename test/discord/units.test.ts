@@ -8,7 +8,7 @@ import { isAllowed, type AccessRules } from '../../adapters/discord/access.ts';
 import { parseApiBase } from '../../adapters/discord/api-base.ts';
 import { ErrorReporter, classifyDiscordError } from '../../adapters/discord/errors.ts';
 import { collectImages, downloadLimited } from '../../adapters/discord/images.ts';
-import { renderReply } from '../../adapters/discord/render.ts';
+import { renderReply, replyText } from '../../adapters/discord/render.ts';
 import { queuedText } from '../../adapters/discord/responder.ts';
 import { LatestValueThrottle } from '../../adapters/discord/throttle.ts';
 import { fitToUploadLimit } from '../../adapters/discord/upload.ts';
@@ -212,5 +212,6 @@ describe('renderReply and control characters (issue 11)', () => {
   test('shows them instead of passing them to Discord clients', () => {
     const out = renderReply({ kind: 'answer', segments: [{ type: 'text', text: 'hi \u001b[31mred\u0007' }] });
     expect(out).toEqual([{ content: 'hi ␛[31mred␇', files: [] }]);
+    expect(replyText({ kind: 'error', segments: [{ type: 'text', text: 'bad \u0007' }] })).toBe('bad ␇');
   });
 });

@@ -183,6 +183,10 @@ describe('issue 11: Slack settings and control characters', () => {
     expect(intentFromMention('settings of this photo look odd')).toEqual({ intent: { kind: 'chat' }, text: 'settings of this photo look odd' });
   });
 
+  it('shows streamed model text in the status message as text: escaped, controls visible', () => {
+    expect(progressText({ state: 'running', text: 'hey <!channel> \u001b[5m' })).toBe(':thought_balloon: hey &lt;!channel&gt; ␛[5m');
+  });
+
   it('shows control characters in posted text instead of passing them on', () => {
     expect(renderTextMessages('a \u001b[2J b \u202e c')).toEqual(['a ␛[2J b &lt;U+202E&gt; c']);
   });
