@@ -129,7 +129,7 @@ describe.skipIf(SKIP_BROWSER)('the web chat in Chromium (engine double)', () => 
     const uploaded = await decodedSizes(page, '#transcript .entry.user img');
     expect(uploaded).toHaveLength(1);
     expect(uploaded[0].width).toBeGreaterThan(0);
-    expect(await page.locator('#attachments li').count()).toBe(0);
+    await expect.poll(() => page.locator('#attachments li').count()).toBe(0);
     const link = bots.first().locator('figcaption a');
     expect(await link.getAttribute('href')).toBe('https://images.example/square.png');
     expect(await link.getAttribute('rel')).toBe('noopener noreferrer');
@@ -253,7 +253,7 @@ describe.skipIf(SKIP_BROWSER)('the web chat in Chromium (engine double)', () => 
 
     await page.click('#reset');
     await expect.poll(() => page.locator('#transcript .entry.bot').last().textContent()).toContain('I forgot this conversation');
-    expect(await page.locator('#transcript').textContent()).not.toContain('You said: first');
+    await expect.poll(() => page.locator('#transcript').textContent()).not.toContain('You said: first');
     expect(chat.history.turns(`web:local:${id}:-`)).toEqual([]);
 
     await page.fill('#message', 'cats on a sofa');
