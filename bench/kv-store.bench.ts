@@ -28,7 +28,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { openBundle } from '../src/model/bundle.ts';
 import { FromageGraphs, type KvCache } from '../src/model/graphs.ts';
-import { decodeKvInto, encodedBytes, encodeKv, KV_CODECS, type KvCodecName } from '../src/serving/kv-codec.ts';
+import { bodyOf, decodeKvInto, encodedBytes, encodeKv, KV_CODECS, type KvCodecName } from '../src/serving/kv-codec.ts';
 import { KvSpill } from '../src/serving/kv-spill.ts';
 import type { KvReader, KvShape } from '../src/serving/kv-types.ts';
 import { createKvStore } from '../src/serving/prefix-store.ts';
@@ -145,7 +145,7 @@ async function measure(codec: KvCodecName, live: ArrayKv, keys: number[], dir: s
     const kv = encodeKv(live, positions, codec);
     write.push(
       await time(async () => {
-        if (!(await spill.write(keys, kv, Date.now()))) throw new Error('spill write failed');
+        if (!(await spill.write(keys, bodyOf([kv]), Date.now()))) throw new Error('spill write failed');
       }),
     );
     const found = spill.best(keys, positions);

@@ -179,8 +179,8 @@ function sameShape(a: KvShape, b: KvShape): boolean {
   return a.layers === b.layers && a.heads === b.heads && a.headDim === b.headDim;
 }
 
-/** Writes positions [0, length) of `kv` into `into` (length <= kv.length). */
-export function decodeKvInto(kv: EncodedKv, into: KvWriter, length: number = kv.length): void {
+/** Writes positions [0, length) of `kv` into `into` at positions [at, at + length) (length <= kv.length). */
+export function decodeKvInto(kv: EncodedKv, into: KvWriter, length: number = kv.length, at = 0): void {
   if (!sameShape(kv.shape, into.shape)) {
     throw new RangeError(`kept cache shape ${JSON.stringify(kv.shape)} does not match the live cache's ${JSON.stringify(into.shape)}`);
   }
@@ -192,7 +192,7 @@ export function decodeKvInto(kv: EncodedKv, into: KvWriter, length: number = kv.
   const nBlocks = blocks(kv.shape);
   if (kv.codec === 'fp32') {
     const all = new Float32Array(kv.data.buffer, kv.data.byteOffset, nBlocks * stride);
-    for (let b = 0; b < nBlocks; b++) into.write(Math.floor(b / heads), b % heads, 0, all.subarray(b * stride, b * stride + run));
+    for (let b = 0; b < nBlocks; b++) into.write(Math.floor(b / heads), b % heads, at, all.subarray(b * stride, b * stride + run));
     return;
   }
   const scratch = new Float32Array(run);
@@ -202,7 +202,7 @@ export function decodeKvInto(kv: EncodedKv, into: KvWriter, length: number = kv.
     for (let b = 0; b < nBlocks; b++) {
       const base = b * stride;
       for (let i = 0; i < run; i++) scratch[i] = table[src[base + i]];
-      into.write(Math.floor(b / heads), b % heads, 0, scratch);
+      into.write(Math.floor(b / heads), b % heads, at, scratch);
     }
     return;
   }
@@ -215,6 +215,55 @@ export function decodeKvInto(kv: EncodedKv, into: KvWriter, length: number = kv.
       const row = p * headDim;
       for (let i = 0; i < headDim; i++) scratch[row + i] = q[base + i] * scale;
     }
-    into.write(Math.floor(b / heads), b % heads, 0, scratch);
+    into.write(Math.floor(b / heads), b % heads, at, scratch);
   }
+}
+
+/** Positions [from, to) of `reader`, seen as positions [0, to - from). */
+export function shiftedReader(reader: KvReader, from: number, to: number): KvReader {
+  return { shape: reader.shape, length: to - from, read: (j, h, a, b) => reader.read(j, h, from + a, from + b) };
+}
+
+/**
+ * An entry stored as consecutive pieces (positions [0, n1), [n1, n2), ...), as the body of one
+ * EncodedKv of their total length would be laid out: the byte ranges, in order, without copying.
+ */
+export interface KvBody {
+  readonly codec: KvCodecName;
+  readonly shape: KvShape;
+  readonly length: number;
+  readonly byteLength: number;
+  readonly parts: readonly Uint8Array[];
+}
+
+export function bodyOf(pieces: readonly EncodedKv[]): KvBody {
+  if (pieces.length === 0) throw new RangeError('an entry has at least one piece');
+  const { codec, shape } = pieces[0];
+  if (pieces.some((p) => p.codec !== codec || !sameShape(p.shape, shape))) throw new RangeError('the pieces of one entry share a codec and a shape');
+  const nBlocks = blocks(shape);
+  const d = shape.headDim;
+  const parts: Uint8Array[] = [];
+  const slice = (p: EncodedKv, from: number, bytes: number) => p.data.subarray(from, from + bytes);
+  if (codec === 'int8') {
+    for (let b = 0; b < nBlocks; b++) for (const p of pieces) parts.push(slice(p, b * p.length * 4, p.length * 4));
+    for (let b = 0; b < nBlocks; b++) for (const p of pieces) parts.push(slice(p, nBlocks * p.length * 4 + b * p.length * d, p.length * d));
+  } else {
+    const w = codec === 'fp32' ? 4 : 2;
+    for (let b = 0; b < nBlocks; b++) for (const p of pieces) parts.push(slice(p, b * p.length * d * w, p.length * d * w));
+  }
+  const length = pieces.reduce((n, p) => n + p.length, 0);
+  return { codec, shape, length, byteLength: encodedBytes(shape, length, codec), parts };
+}
+
+/** The pieces joined into one EncodedKv (one copy). */
+export function joinPieces(pieces: readonly EncodedKv[]): EncodedKv {
+  if (pieces.length === 1) return pieces[0];
+  const body = bodyOf(pieces);
+  const data = new Uint8Array(body.byteLength);
+  let at = 0;
+  for (const part of body.parts) {
+    data.set(part, at);
+    at += part.length;
+  }
+  return { codec: body.codec, shape: body.shape, length: body.length, data };
 }

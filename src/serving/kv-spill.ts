@@ -16,7 +16,7 @@ import { mkdir, open, readdir, rename, rm, stat, utimes } from 'node:fs/promises
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { z } from 'zod';
-import { encodedBytes, KV_CODECS, type EncodedKv } from './kv-codec.ts';
+import { encodedBytes, KV_CODECS, type EncodedKv, type KvBody } from './kv-codec.ts';
 import type { PositionKey } from './kv-types.ts';
 import { commonPrefixLength } from './position-keys.ts';
 
@@ -60,9 +60,22 @@ export const nodeSpillFs: SpillFs = {
   async write(path, parts) {
     const h = await open(path, 'w');
     try {
-      for (const part of parts) {
-        let done = 0;
-        while (done < part.length) done += (await h.write(part, done, part.length - done)).bytesWritten;
+      // An entry's body comes in one part per head and piece: gather them into few system calls.
+      for (let i = 0; i < parts.length; i += 256) {
+        const batch = parts.slice(i, i + 256);
+        const total = batch.reduce((n, p) => n + p.length, 0);
+        let done = (await h.writev(batch)).bytesWritten;
+        if (done === total) continue;
+        for (const part of batch) {
+          // A short writev: finish part by part from where it stopped.
+          if (done >= part.length) {
+            done -= part.length;
+            continue;
+          }
+          let at = done;
+          done = 0;
+          while (at < part.length) at += (await h.write(part, at, part.length - at)).bytesWritten;
+        }
       }
     } finally {
       await h.close();
@@ -277,12 +290,12 @@ export class KvSpill {
   }
 
   /**
-   * Writes `kv` under `keys`, last used at `usedAtMs` (the file's mtime, for the disk LRU).
+   * Writes `body` under `keys`, last used at `usedAtMs` (the file's mtime, for the disk LRU).
    * Returns whether the disk now holds these keys. Files that are a prefix of `keys` are
    * replaced; older files are removed to make room, never ones used more recently than this.
    */
-  async write(keys: readonly PositionKey[], kv: EncodedKv, usedAtMs: number): Promise<boolean> {
-    if (!this.writable || keys.length !== kv.length || kv.length === 0) return false;
+  async write(keys: readonly PositionKey[], body: KvBody, usedAtMs: number): Promise<boolean> {
+    if (!this.writable || keys.length !== body.length || body.length === 0) return false;
     const { dir } = this.options;
     for (const entry of this.entries.values()) {
       if (entry.keys.length >= keys.length && commonPrefixLength(entry.keys, keys) === keys.length) {
@@ -297,17 +310,17 @@ export class KvSpill {
     const header: SpillHeader = {
       v: SPILL_VERSION,
       bundle: this.options.bundleId,
-      codec: kv.codec,
-      layers: kv.shape.layers,
-      heads: kv.shape.heads,
-      headDim: kv.shape.headDim,
-      length: kv.length,
+      codec: body.codec,
+      layers: body.shape.layers,
+      heads: body.shape.heads,
+      headDim: body.shape.headDim,
+      length: body.length,
       keys: [...keys],
-      bodyBytes: kv.data.byteLength,
-      bodyCrc: crc32(kv.data),
+      bodyBytes: body.byteLength,
+      bodyCrc: body.parts.reduce((crc, part) => crc32(part, crc), 0),
     };
     const headerRaw = new TextEncoder().encode(JSON.stringify(header));
-    const size = PREFIX_BYTES + headerRaw.length + kv.data.byteLength;
+    const size = PREFIX_BYTES + headerRaw.length + body.byteLength;
     if (size > this.options.budgetBytes) return false;
     const name = `${this.tag}-${createHash('sha256').update(JSON.stringify(keys)).digest('hex').slice(0, 32)}${SUFFIX}`;
     const superseded = [...this.entries.values()].filter((e) => commonPrefixLength(e.keys, keys) === e.keys.length);
@@ -334,7 +347,7 @@ export class KvSpill {
     view.setUint32(12, crc32(headerRaw), true);
     const tmp = `${name}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
     try {
-      await this.fs.write(join(dir, tmp), [prefix, headerRaw, kv.data]);
+      await this.fs.write(join(dir, tmp), [prefix, headerRaw, ...body.parts]);
       await this.fs.rename(join(dir, tmp), join(dir, name));
     } catch (err) {
       this.writeErrors++;

@@ -15,7 +15,7 @@
  * writes are serialized; at most half the budget, or one entry, waits for them), and close()
  * writes what is still kept.
  */
-import { decodeKvInto, encodeKv, type EncodedKv, type KvCodecName } from './kv-codec.ts';
+import { bodyOf, decodeKvInto, encodeKv, joinPieces, shiftedReader, type EncodedKv, type KvCodecName } from './kv-codec.ts';
 import { KvSpill, type KvSpillOptions } from './kv-spill.ts';
 import type { KvReader, KvStore, KvStoreStats, KvWriter, PositionKey, PrefixMatch } from './kv-types.ts';
 import { commonPrefixLength } from './position-keys.ts';
@@ -41,16 +41,30 @@ export const DEFAULT_KV_CODEC: KvCodecName = 'fp32';
 
 /** Bookkeeping per entry besides its data (keys are counted at 8 bytes each on top). */
 const ENTRY_OVERHEAD_BYTES = 256;
+/** Pieces an entry may have before they are joined (each copy-out walks them all, per head). */
+const MAX_PIECES = 16;
+
+/** Consecutive positions of a kept sequence; shared by the entries that hold them. */
+interface Piece {
+  readonly start: number;
+  readonly kv: EncodedKv;
+  /** Kept entries holding this piece: its bytes count in the budget once while any does. */
+  refs: number;
+}
 
 interface Entry {
   readonly keys: readonly PositionKey[];
-  readonly kv: EncodedKv;
-  readonly bytes: number;
+  /** Positions [0, keys.length), in order. */
+  readonly pieces: readonly Piece[];
   lastUsed: number;
   /** copyInto calls in progress. */
   pins: number;
   /** The spill already holds these keys (read from it, or written): evicting needs no write. */
   onDisk: boolean;
+}
+
+function overheadOf(keys: readonly PositionKey[]): number {
+  return keys.length * 8 + ENTRY_OVERHEAD_BYTES;
 }
 
 export interface PrefixStoreStats extends KvStoreStats {
@@ -63,6 +77,7 @@ export interface PrefixStoreStats extends KvStoreStats {
 export class PrefixStore implements KvStore {
   /** Insertion order = least recently used first. */
   private readonly entries = new Set<Entry>();
+  /** Bytes of the distinct pieces of kept entries, plus each entry's bookkeeping. */
   private used = 0;
   private closed = false;
   private readonly codec: KvCodecName;
@@ -107,7 +122,8 @@ export class PrefixStore implements KvStore {
       // Later entries are more recently used: on a tie, prefer them.
       if (length > 0 && (!best || length >= best.length)) best = { entry, length };
     }
-    let kv = best?.entry.kv;
+    let pieces = best?.entry.pieces;
+    let entry = best?.entry;
     let length = best?.length ?? 0;
     if (best) this.touch(best.entry);
     const spill = this.spill && (await this.spill);
@@ -117,16 +133,15 @@ export class PrefixStore implements KvStore {
       const read = await spill.read(onDisk.entry);
       if (!read) continue; // damaged: removed from the spill; look again
       this.counters.spillReads++;
-      kv = read;
+      pieces = [{ start: 0, kv: read, refs: 0 }];
       length = onDisk.length;
-      if (this.enabled) this.keep(onDisk.entry.keys, read, true);
+      entry = this.enabled ? this.keep(onDisk.entry.keys, pieces, true) : undefined;
     }
-    if (!kv || length === 0 || !this.enabled) return undefined;
-    return this.matchOf(kv, length);
+    if (!pieces || length === 0 || !this.enabled) return undefined;
+    return this.matchOf(pieces, length, entry);
   }
 
-  private matchOf(kv: EncodedKv, length: number): PrefixMatch {
-    const entry = [...this.entries].find((e) => e.kv === kv);
+  private matchOf(pieces: readonly Piece[], length: number, entry: Entry | undefined): PrefixMatch {
     return {
       length,
       copyInto: async (into: KvWriter) => {
@@ -134,7 +149,10 @@ export class PrefixStore implements KvStore {
         // the budget (not evicted) so memory stays within it.
         if (entry) entry.pins++;
         try {
-          decodeKvInto(kv, into, length);
+          for (const p of pieces) {
+            if (p.start >= length) break;
+            decodeKvInto(p.kv, into, Math.min(p.kv.length, length - p.start), p.start);
+          }
         } finally {
           if (entry) entry.pins--;
         }
@@ -146,53 +164,76 @@ export class PrefixStore implements KvStore {
   async insert(keys: readonly PositionKey[], from: KvReader): Promise<void> {
     if (!this.enabled || keys.length === 0) return;
     if (from.length < keys.length) throw new RangeError(`insert: ${keys.length} keys but the cache holds ${from.length} positions`);
-    let base: { kv: EncodedKv; length: number } | undefined;
+    let base: { entry: Entry; length: number } | undefined;
     for (const entry of this.entries) {
       const common = commonPrefixLength(entry.keys, keys);
       if (common === keys.length) {
         this.touch(entry); // already kept, as itself or inside a longer sequence
         return;
       }
-      if (common > (base?.length ?? 0)) base = { kv: entry.kv, length: common };
+      if (common > (base?.length ?? 0) && entry.pieces[0].kv.codec === this.codec) base = { entry, length: common };
     }
-    // The positions a kept entry already holds are copied as encoded, so keeping a dialogue's
-    // next turn encodes only that turn.
-    this.keep([...keys], encodeKv(from, keys.length, this.codec, base), false);
+    this.keep([...keys], this.piecesFor(keys.length, from, base), false);
   }
 
-  /** Adds an entry (evicting least recently used ones); drops entries it extends. */
-  private keep(keys: readonly PositionKey[], kv: EncodedKv, onDisk: boolean): void {
+  /**
+   * The pieces of a new entry of `length` positions. Positions a kept entry already holds are
+   * shared with it (whole pieces) or copied as encoded (the piece the common prefix ends in), so
+   * keeping a dialogue's next turn encodes and stores only that turn.
+   */
+  private piecesFor(length: number, from: KvReader, base: { entry: Entry; length: number } | undefined): Piece[] {
+    if (!base) return [{ start: 0, kv: encodeKv(from, length, this.codec), refs: 0 }];
+    const common = base.length;
+    const shared = base.entry.pieces.filter((p) => p.start + p.kv.length <= common);
+    const straddling = base.entry.pieces.find((p) => p.start < common && p.start + p.kv.length > common);
+    const tailStart = straddling ? straddling.start : common;
+    const tail = encodeKv(shiftedReader(from, tailStart, length), length - tailStart, this.codec, straddling ? { kv: straddling.kv, length: common - tailStart } : undefined);
+    const pieces = [...shared, { start: tailStart, kv: tail, refs: 0 }];
+    if (pieces.length <= MAX_PIECES) return pieces;
+    return [{ start: 0, kv: joinPieces(pieces.map((p) => p.kv)), refs: 0 }];
+  }
+
+  /** Bytes adding `pieces` under `keys` would take now (pieces already kept count nothing). */
+  private costOf(keys: readonly PositionKey[], pieces: readonly Piece[]): number {
+    return overheadOf(keys) + pieces.reduce((n, p) => n + (p.refs === 0 ? p.kv.data.byteLength : 0), 0);
+  }
+
+  /** Adds an entry (evicting least recently used ones); drops entries it extends. Returns it when kept. */
+  private keep(keys: readonly PositionKey[], pieces: readonly Piece[], onDisk: boolean): Entry | undefined {
     for (const entry of this.entries) {
       if (entry.keys.length <= keys.length && commonPrefixLength(entry.keys, keys) === entry.keys.length) this.remove(entry);
     }
-    const bytes = kv.data.byteLength + keys.length * 8 + ENTRY_OVERHEAD_BYTES;
-    const entry: Entry = { keys, kv, bytes, lastUsed: this.now(), pins: 0, onDisk };
+    const entry: Entry = { keys, pieces, lastUsed: this.now(), pins: 0, onDisk };
     const budget = this.options.budgetBytes;
-    if (bytes <= budget) {
-      for (const victim of [...this.entries]) {
-        if (this.used + bytes <= budget) break;
-        if (victim.pins > 0) continue;
-        this.remove(victim);
-        this.counters.evictions++;
-        this.spillLater(victim);
-      }
+    // Evicting an entry that shares pieces with this one frees less: recount after each.
+    for (const victim of [...this.entries]) {
+      if (this.used + this.costOf(keys, pieces) <= budget) break;
+      if (victim.pins > 0 || overheadOf(keys) + pieces.reduce((n, p) => n + p.kv.data.byteLength, 0) > budget) continue;
+      this.remove(victim);
+      this.counters.evictions++;
+      this.spillLater(victim);
     }
-    if (this.used + bytes > budget) {
+    if (this.used + this.costOf(keys, pieces) > budget) {
       this.spillLater(entry); // too big for memory, or everything else is being copied
-      return;
+      return undefined;
     }
+    for (const p of pieces) if (p.refs++ === 0) this.used += p.kv.data.byteLength;
+    this.used += overheadOf(keys);
     this.entries.add(entry);
-    this.used += bytes;
+    return entry;
   }
 
   private remove(entry: Entry): void {
-    if (this.entries.delete(entry)) this.used -= entry.bytes;
+    if (!this.entries.delete(entry)) return;
+    for (const p of entry.pieces) if (--p.refs === 0) this.used -= p.kv.data.byteLength;
+    this.used -= overheadOf(entry.keys);
   }
 
   /** Queues a spill write; dropped when too much already waits (the data would pile up in memory). */
   private spillLater(entry: Entry): void {
     if (!this.spill || entry.onDisk) return;
-    const bytes = entry.kv.data.byteLength;
+    const body = bodyOf(entry.pieces.map((p) => p.kv));
+    const bytes = body.byteLength;
     if (this.pendingWriteBytes > 0 && this.pendingWriteBytes + bytes > this.options.budgetBytes / 2) {
       this.counters.droppedSpills++;
       return;
@@ -201,7 +242,7 @@ export class PrefixStore implements KvStore {
     const spill = this.spill;
     this.writes = this.writes.then(async () => {
       try {
-        if (await (await spill).write(entry.keys, entry.kv, entry.lastUsed)) {
+        if (await (await spill).write(entry.keys, body, entry.lastUsed)) {
           this.counters.spillWrites++;
           entry.onDisk = true;
         }
@@ -249,7 +290,7 @@ export class PrefixStore implements KvStore {
       await this.writes;
       for (const entry of kept) {
         if (entry.onDisk) continue;
-        if (await spill.write(entry.keys, entry.kv, entry.lastUsed)) this.counters.spillWrites++;
+        if (await spill.write(entry.keys, bodyOf(entry.pieces.map((p) => p.kv)), entry.lastUsed)) this.counters.spillWrites++;
       }
     }
   }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decodeKvInto, encodedBytes, encodeKv, fromHalf, KV_CODECS, toHalf } from '../../src/serving/kv-codec.ts';
+import { bodyOf, decodeKvInto, encodedBytes, encodeKv, fromHalf, joinPieces, KV_CODECS, shiftedReader, toHalf } from '../../src/serving/kv-codec.ts';
 import { ArrayKv, SHAPE, tokens } from './kv-fakes.ts';
 
 describe('float16 conversion', () => {
@@ -104,6 +104,28 @@ describe('kept-cache codecs', () => {
       const other = encodeKv(full, 14, codec, { kv: encodeKv(live, 9, codec === 'fp32' ? 'fp16' : 'fp32'), length: 9 });
       expect(Buffer.from(other.data).equals(Buffer.from(encodeKv(full, 14, codec).data)), codec).toBe(true);
     }
+  });
+
+  it('pieces of consecutive positions lay out, joined or as file parts, exactly as one encode', () => {
+    for (const codec of KV_CODECS) {
+      const whole = encodeKv(live, 9, codec);
+      const pieces = [encodeKv(shiftedReader(live, 0, 2), 2, codec), encodeKv(shiftedReader(live, 2, 7), 5, codec), encodeKv(shiftedReader(live, 7, 9), 2, codec)];
+      expect(Buffer.from(joinPieces(pieces).data).equals(Buffer.from(whole.data)), codec).toBe(true);
+      const body = bodyOf(pieces);
+      expect(body.byteLength).toBe(whole.data.byteLength);
+      expect(Buffer.concat(body.parts).equals(Buffer.from(whole.data)), codec).toBe(true);
+      // Each piece decodes into its own place.
+      const out = new ArrayKv(SHAPE, 9);
+      let at = 0;
+      for (const p of pieces) {
+        decodeKvInto(p, out, p.length, at);
+        at += p.length;
+      }
+      const ref = new ArrayKv(SHAPE, 9);
+      decodeKvInto(whole, ref);
+      expect(out.maxDiff(ref, 9), codec).toBe(0);
+    }
+    expect(() => bodyOf([encodeKv(live, 2, 'fp16'), encodeKv(live, 2, 'fp32')])).toThrow(/share a codec/);
   });
 
   it('refuses a live cache of another shape, or more positions than kept', () => {

@@ -64,6 +64,25 @@ describe('disk spill', () => {
     await store.close();
   });
 
+  it('an entry kept in pieces (a dialogue) goes to disk and comes back whole', async () => {
+    const dir = await tempDir();
+    for (const codec of ['fp32', 'fp16', 'int8'] as const) {
+      const first = storeOn(dir, { codec, budgetBytes: 1 << 20, bundleId: codec }).store;
+      let keys: number[] = [2];
+      for (let turn = 0; turn < 5; turn++) {
+        keys = [...keys, ...tokens(4, turn + 1)];
+        await first.insert(keys, ArrayKv.forKeys(keys));
+      }
+      await first.close();
+      const second = storeOn(dir, { codec, budgetBytes: 1 << 20, bundleId: codec }).store;
+      const got = await copied(second, [...keys, 1]);
+      expect(got?.length, codec).toBe(keys.length);
+      expect(second.stats().spillReads).toBe(1);
+      expect(got!.live.maxDiff(ArrayKv.forKeys(keys), keys.length), codec).toBeLessThan(codec === 'fp32' ? 1e-12 : codec === 'fp16' ? 8 * 2 ** -11 : 0.05);
+      await second.close();
+    }
+  });
+
   it('survives a restart: a new store on the same directory finds what close() wrote', async () => {
     const dir = await tempDir();
     const first = storeOn(dir).store;
@@ -103,14 +122,14 @@ describe('disk spill', () => {
   it('a longer entry replaces the files it extends', async () => {
     const dir = await tempDir();
     const spill = await KvSpill.open({ dir: join(dir, 'kv'), budgetBytes: 1 << 20, bundleId: 'b' });
-    const { encodeKv } = await import('../../src/serving/kv-codec.ts');
+    const { bodyOf, encodeKv } = await import('../../src/serving/kv-codec.ts');
     const t1 = tokens(6);
     const t2 = [...t1, ...tokens(4, 1)];
-    expect(await spill.write(t1, encodeKv(ArrayKv.forKeys(t1), 6, 'fp16'), 1000)).toBe(true);
-    expect(await spill.write(t2, encodeKv(ArrayKv.forKeys(t2), 10, 'fp16'), 2000)).toBe(true);
+    expect(await spill.write(t1, bodyOf([encodeKv(ArrayKv.forKeys(t1), 6, 'fp16')]), 1000)).toBe(true);
+    expect(await spill.write(t2, bodyOf([encodeKv(ArrayKv.forKeys(t2), 10, 'fp16')]), 2000)).toBe(true);
     expect(await kvFiles(dir)).toHaveLength(1);
     // A prefix of what is on disk needs no file of its own.
-    expect(await spill.write(t1, encodeKv(ArrayKv.forKeys(t1), 6, 'fp16'), 3000)).toBe(true);
+    expect(await spill.write(t1, bodyOf([encodeKv(ArrayKv.forKeys(t1), 6, 'fp16')]), 3000)).toBe(true);
     expect(spill.count).toBe(1);
     expect(spill.best([...t1, 5], 100)?.length).toBe(6);
   });

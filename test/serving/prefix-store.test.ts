@@ -95,6 +95,47 @@ describe('prefix store: matching', () => {
     expect(got!.live.maxDiff(ArrayKv.forKeys(turn2), 14)).toBe(0);
   });
 
+  it('a diverging next turn shares the common pieces: memory counts them once', async () => {
+    const store = createKvStore({ budgetBytes: 1 << 20, codec: 'fp32' });
+    const t1 = tokens(10);
+    const t2 = [...t1, ...tokens(10, 1)];
+    await store.insert(t1, ArrayKv.forKeys(t1));
+    await store.insert(t2, ArrayKv.forKeys(t2));
+    const enc = (n: number) => encodedBytes(SHAPE, n, 'fp32');
+    expect(store.stats()).toMatchObject({ entries: 1, bytes: enc(10) + enc(10) + 20 * 8 + 256 });
+    // Re-tokenized history: t3 agrees with t2 up to position 15 only; t2 stays kept beside it.
+    const t3 = [...t2.slice(0, 15), ...tokens(10, 2)];
+    const live = ArrayKv.forKeys(t3);
+    for (let j = 0; j < 4; j++) for (let h = 0; h < 2; h++) live.read(j, h, 0, 15).fill(NaN); // never read: shared or copied
+    await store.insert(t3, live);
+    expect(store.stats()).toMatchObject({ entries: 2, bytes: enc(10) + enc(10) + enc(15) + 20 * 8 + 256 + 25 * 8 + 256 });
+    for (const keys of [t2, t3]) {
+      const got = await reuse(store, [...keys, 1]);
+      expect(got?.length).toBe(keys.length);
+      expect(got!.live.maxDiff(ArrayKv.forKeys(keys), keys.length)).toBe(0);
+    }
+    // Evicting t2 frees only what t3 does not hold.
+    const big = tokens(200, 3);
+    await store.insert(big, ArrayKv.forKeys(big));
+    expect(store.stats().bytes).toBeLessThanOrEqual(1 << 20);
+  });
+
+  it('a long dialogue keeps working across many turns (pieces joined past a bound)', async () => {
+    for (const codec of ['fp32', 'int8'] as const) {
+      const store = createKvStore({ budgetBytes: 8 << 20, codec });
+      let keys: number[] = [2];
+      for (let turn = 0; turn < 40; turn++) {
+        keys = [...keys, ...tokens(3, turn + 1)];
+        await store.insert(keys, ArrayKv.forKeys(keys));
+        expect(store.stats().entries).toBe(1);
+      }
+      const got = await reuse(store, [...keys, 1]);
+      expect(got?.length).toBe(keys.length);
+      expect(got!.live.maxDiff(ArrayKv.forKeys(keys), keys.length)).toBeLessThan(codec === 'fp32' ? 1e-12 : 0.05);
+      expect(store.stats().bytes).toBe(encodedBytes(SHAPE, keys.length, codec) + keys.length * 8 + 256);
+    }
+  });
+
   it('fp16 storage copies within half precision', async () => {
     const store = createKvStore({ budgetBytes: 1 << 20, codec: 'fp16' });
     const a = tokens(12);
