@@ -133,13 +133,18 @@ async function timed<T>(f: () => Promise<T>): Promise<{ value: T; text: string }
 
 async function sectionLoad(bundleDir: string, answer: number): Promise<void> {
   out('\nload. fresh engine (worker thread) until ready, then the first answer\n');
-  out('run | engine ready | first token of the first answer | first answer done\n');
+  out('run | engine ready | first token of the first answer | first answer done | cpu to ready, to done (all threads)\n');
   for (let run = 1; run <= 2; run++) {
+    const image = await picture(1);
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     const engine = await FromageEngine.start(engineOptions(bundleDir));
     const ready = performance.now() - t0;
-    const { timing } = await timedChat(engine, [], { role: 'user', text: userText(1, 30), images: [await picture(1)], at: 0 }, answer);
-    out(`${String(run).padStart(3)} | ${ms(ready).padStart(12)} | ${ms(ready + timing.ttftMs).padStart(30)} | ${ms(ready + timing.totalMs)}\n`);
+    const cReady = process.cpuUsage(c0);
+    const { timing } = await timedChat(engine, [], { role: 'user', text: userText(1, 30), images: [image], at: 0 }, answer);
+    const cDone = process.cpuUsage(c0);
+    const cpu = (c: NodeJS.CpuUsage): string => ms((c.user + c.system) / 1000);
+    out(`${String(run).padStart(3)} | ${ms(ready).padStart(12)} | ${ms(ready + timing.ttftMs).padStart(30)} | ${ms(ready + timing.totalMs).padStart(17)} | ${cpu(cReady)}, ${cpu(cDone)}\n`);
     await engine.close();
   }
   // Where it goes, in this process, one part after another.
