@@ -11,6 +11,7 @@ import { registerModelCommands } from './model/commands.ts';
 import { registerIndexCommands } from './retrieval/commands.ts';
 import { registerSetupCommands } from './setup/commands.ts';
 import { registerDiscordCommands } from '../adapters/discord/commands.ts';
+import { registerWorkerCommands } from './remote/commands.ts';
 
 export function buildProgram(): Command {
   const program = new Command('fromage')
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
     // One place reads .env, before any command's action: every command sees the same settings.
     .hook('preAction', async () => (await import('./config.ts')).loadDotenvFile());
   registerServiceCommands(program);
+  registerWorkerCommands(program);
   registerSetupCommands(program);
   registerConvertCommands(program);
   registerModelCommands(program);

@@ -46,6 +46,12 @@ export const configSchema = z.object({
   FROMAGE_KV_CACHE_MB: z.coerce.number().int().min(0).max(4_194_304).optional(),
   FROMAGE_KV_DISK_MB: z.coerce.number().int().min(0).max(67_108_864).default(4096),
   FROMAGE_KV_CODEC: z.enum(['fp32', 'fp16', 'int8']).default('fp32'),
+  /** Set: `fromage serve` is a gateway and `fromage worker` processes hold the model (src/remote). */
+  FROMAGE_REDIS_URL: z.string().regex(/^rediss?:\/\/./, 'must start with redis:// or rediss:// (TLS)').optional(),
+  FROMAGE_REDIS_CA: z.string().min(1).optional(),
+  FROMAGE_AFFINITY_WAIT_MS: z.coerce.number().int().min(0).max(60_000).default(500),
+  FROMAGE_WORKER_TIMEOUT_S: z.coerce.number().min(1).max(600).default(5),
+  FROMAGE_WORKER_WAIT_S: z.coerce.number().min(0).max(3600).default(30),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   HTTP_PORT: port.optional(),
 
@@ -82,6 +88,7 @@ const HINTS: Partial<Record<keyof Config, string>> = {
   FROMAGE_KV_CACHE_MB: 'MiB of memory for kept conversation caches; leave it empty for the default, 0 turns reuse off',
   FROMAGE_KV_DISK_MB: 'MiB of disk for spilled conversation caches; 0 turns the spill off',
   FROMAGE_KV_CODEC: 'fp32 (default, exact), fp16 or int8',
+  FROMAGE_REDIS_URL: 'for example redis://:password@redis-host:6379/0, or rediss://... for TLS; leave it empty to run the model in this process',
   DISCORD_TOKEN: 'copy the bot token from the Discord developer portal (Bot > Reset Token)',
   DISCORD_APPLICATION_ID: 'copy the Application ID from the Discord developer portal (General Information)',
   DISCORD_API_BASE: 'leave it unset for discord.com, or give a full http(s) URL',
@@ -155,5 +162,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 
 /** Secret values present in the config, for log redaction. */
 export function secretValues(config: Config): string[] {
-  return SECRET_KEYS.map((k) => config[k]).filter((v): v is string => typeof v === 'string' && v.length >= 6);
+  const values = SECRET_KEYS.map((k) => config[k]).filter((v): v is string => typeof v === 'string' && v.length >= 6);
+  // The Redis URL's password alone (an error message may quote it without the URL).
+  const redisPassword = config.FROMAGE_REDIS_URL ? /^rediss?:\/\/[^:@/]*:([^@/]+)@/.exec(config.FROMAGE_REDIS_URL)?.[1] : undefined;
+  if (config.FROMAGE_REDIS_URL) values.push(config.FROMAGE_REDIS_URL);
+  if (redisPassword) values.push(redisPassword, safeDecode(redisPassword));
+  return values.filter((v) => v.length >= 6);
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
 }

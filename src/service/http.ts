@@ -21,6 +21,12 @@ export class Readiness implements HealthSource {
   private stage: ServiceStage = 'starting';
   private readonly awaited: string[] = [];
   private details: () => Record<string, unknown> = () => ({});
+  /** Figures from outside the service (a gateway's model workers), in every stage. */
+  private readonly extras: (() => Record<string, unknown>)[] = [];
+
+  addDetails(provider: () => Record<string, unknown>): void {
+    this.extras.push(provider);
+  }
 
   waitFor(what: string): void {
     if (!this.awaited.includes(what)) this.awaited.push(what);
@@ -46,7 +52,7 @@ export class Readiness implements HealthSource {
   }
 
   health(): { ok: boolean; [k: string]: unknown } {
-    const base = { ok: this.stage === 'ready', status: this.stage };
+    const base = { ok: this.stage === 'ready', status: this.stage, ...Object.assign({}, ...this.extras.map((e) => e())) };
     if (this.stage === 'starting') return { ...base, waitingFor: [...this.awaited] };
     return { ...base, ...this.details() };
   }

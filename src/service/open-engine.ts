@@ -29,6 +29,8 @@ export function bundleExists(dir: string): boolean {
 }
 
 export async function openConfiguredEngine(config: Config, logger: Logger, options: { yes: boolean }): Promise<Engine> {
+  // A gateway: the model lives in `fromage worker` processes; no Redis code loads without the URL.
+  if (config.FROMAGE_REDIS_URL) return (await import('../remote/open-gateway.ts')).openRemoteEngine(config, logger);
   if (!bundleExists(config.FROMAGE_BUNDLE)) {
     const { ensureBundle } = await import('../setup/ensure-bundle.ts');
     const outcome = await ensureBundle(config, logger, { interactive: Boolean(process.stdin.isTTY), yes: options.yes });

@@ -34,6 +34,8 @@ export async function runServe(options: ServeOptions): Promise<void> {
   if (http) logger.info({ port: config.HTTP_PORT }, 'health and metrics served on HTTP_PORT while the bot starts');
   const engine = await openConfiguredEngine(config, logger, { yes: options.yes ?? config.FROMAGE_SETUP_YES });
   readiness.done('the model to load');
+  // A gateway shows its workers on /healthz and /metrics, and sizes its scheduler by their capacity.
+  const serviceConfig = config.FROMAGE_REDIS_URL ? (await import('../remote/open-gateway.ts')).attachGateway(engine, { config, metrics, readiness }) : config;
   let stop: () => Promise<void> = async () => {};
   let stopping: Promise<void> | undefined;
   const shutdown = (why: string) => {
@@ -60,7 +62,7 @@ export async function runServe(options: ServeOptions): Promise<void> {
     terminalLog.attach(notice);
     notice(`(log lines go to ${terminalLog.file}; warnings and errors show here)`);
   }
-  const service = await startService({ config, logger, engine, adapters, history, early: { http, metrics, readiness } });
+  const service = await startService({ config: serviceConfig, logger, engine, adapters, history, early: { http, metrics, readiness } });
   stop = service.stop;
   process.once('SIGINT', () => void shutdown('SIGINT'));
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
