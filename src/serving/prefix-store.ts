@@ -6,10 +6,12 @@
  * Entries are whole sequences compared key by key from position 0; a match may use any common
  * prefix of an entry (KV at position i depends on positions 0..i only). A handful of
  * conversations are kept at a time, so a linear scan costs microseconds against a prefill's
- * seconds; a radix tree (SGLang) would share storage between branches, which whole-sequence
- * entries give up for simple eviction and one file per entry on disk.
+ * seconds. An entry's positions are stored in pieces: the next turn of a dialogue adds one
+ * piece with its new positions and shares the earlier ones (with the entry it replaces, or with
+ * the one it diverges from after a re-tokenized answer), as a radix tree (SGLang) shares
+ * branches, while eviction stays per whole sequence and the disk holds one file per entry.
  *
- * Memory is bounded by `budgetBytes` (encoded data + keys), least recently used first; an entry
+ * Memory is bounded by `budgetBytes` (distinct pieces + keys), least recently used first; an entry
  * being copied out is never evicted; an entry larger than the whole budget is not kept in memory
  * (it may still go to disk). Evicted entries are written to the spill in the background (the
  * writes are serialized; at most half the budget, or one entry, waits for them), and close()
