@@ -208,6 +208,12 @@ export class KvSpill {
       this.entries.set(name, entry);
       this.used += entry.bytes;
     }
+    // A budget lowered since the files were written: the least recently used go now.
+    for (const entry of [...this.entries.values()].sort((x, y) => x.mtimeMs - y.mtimeMs)) {
+      if (this.used <= this.options.budgetBytes) break;
+      this.forget(entry);
+      await this.removeFile(entry.name);
+    }
   }
 
   private async removeStaleTmp(name: string): Promise<void> {

@@ -156,6 +156,42 @@ describe('disk spill', () => {
     await store.close();
   });
 
+  it('a disk budget lowered since the files were written is kept at start, oldest files first', async () => {
+    const dir = await tempDir();
+    let clock = 1_000_000;
+    const first = storeOn(dir, { budgetBytes: 1 << 20, now: () => clock }).store;
+    const seqs = [tokens(10, 1), tokens(10, 2), tokens(10, 3)];
+    for (const s of seqs) {
+      clock += 1000;
+      await first.insert(s, ArrayKv.forKeys(s));
+    }
+    await first.close();
+    expect(await kvFiles(dir)).toHaveLength(3);
+    // Sizes differ by a byte or two (the header's checksum digits): budget two of the largest.
+    const fileBytes = Math.max(...(await Promise.all((await kvFiles(dir)).map(async (n) => (await stat(join(dir, 'kv', n))).size))));
+    const { store } = storeOn(dir, { diskBytes: 2 * fileBytes });
+    expect(await store.match(seqs[0], 10)).toBeUndefined();
+    expect((await store.match(seqs[2], 10))?.length).toBe(10);
+    expect(await kvFiles(dir)).toHaveLength(2);
+    await store.close();
+  });
+
+  it('prefers a longer prefix on disk to a shorter one in memory', async () => {
+    const dir = await tempDir();
+    const { store } = storeOn(dir, { budgetBytes: ENTRY + 1024 });
+    const a = [...tokens(3), ...tokens(7, 1)];
+    const b = [...tokens(3), ...tokens(7, 2)];
+    await store.insert(a, ArrayKv.forKeys(a));
+    await store.insert(b, ArrayKv.forKeys(b)); // a goes to disk; b shares its first 3 positions
+    await store.flush();
+    const q = [...a, 99];
+    const got = await copied(store, q);
+    expect(got?.length).toBe(10);
+    expect(got!.live.maxDiff(ArrayKv.forKeys(q), 10)).toBe(0);
+    expect(store.stats().spillReads).toBe(1);
+    await store.close();
+  });
+
   it('drops a spill rather than piling evicted caches up in memory behind a slow disk', async () => {
     const dir = await tempDir();
     const { store } = storeOn(dir);
