@@ -31,6 +31,11 @@ export interface KvStoreOptions {
   readonly spill?: KvSpillOptions;
   readonly warn?: (message: string) => void;
   readonly now?: () => number;
+  /**
+   * close() starts no new spill write after this many milliseconds (default 5000), so a
+   * shutdown fits service managers' stop timeouts; the most recently used entries go first.
+   */
+  readonly closeTimeMs?: number;
 }
 
 /**
@@ -280,21 +285,30 @@ export class PrefixStore implements KvStore {
     };
   }
 
-  /** Writes what is kept to the spill, most recently used first (the disk keeps them by recency), and releases memory. */
+  /**
+   * Writes what is kept to the spill, most recently used first (the disk keeps them by recency)
+   * until closeTimeMs has passed, and releases memory.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    const started = performance.now();
     const kept = [...this.entries].reverse();
     this.entries.clear();
     this.used = 0;
-    if (this.spill) {
-      const spill = await this.spill;
-      await this.writes;
-      for (const entry of kept) {
-        if (entry.onDisk) continue;
-        if (await spill.write(entry.keys, bodyOf(entry.pieces.map((p) => p.kv)), entry.lastUsed)) this.counters.spillWrites++;
+    if (!this.spill) return;
+    const spill = await this.spill;
+    await this.writes;
+    let skipped = 0;
+    for (const entry of kept) {
+      if (entry.onDisk) continue;
+      if (performance.now() - started >= (this.options.closeTimeMs ?? 5000)) {
+        skipped++;
+        continue;
       }
+      if (await spill.write(entry.keys, bodyOf(entry.pieces.map((p) => p.kv)), entry.lastUsed)) this.counters.spillWrites++;
     }
+    if (skipped > 0) this.options.warn?.(`${skipped} kept KV caches were not written to disk at shutdown (out of time); those conversations prefill again`);
   }
 }
 

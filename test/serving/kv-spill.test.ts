@@ -119,6 +119,15 @@ describe('disk spill', () => {
     await second.close();
   });
 
+  it('close() starts no write after closeTimeMs (a shutdown must fit a stop timeout)', async () => {
+    const dir = await tempDir();
+    const { store, warnings } = storeOn(dir, { budgetBytes: 1 << 20, closeTimeMs: 0 });
+    await store.insert(tokens(10, 1), ArrayKv.forKeys(tokens(10, 1)));
+    await store.close();
+    expect(await kvFiles(dir)).toEqual([]);
+    expect(warnings.join('\n')).toMatch(/1 kept KV caches were not written to disk at shutdown/);
+  });
+
   it('a longer entry replaces the files it extends', async () => {
     const dir = await tempDir();
     const spill = await KvSpill.open({ dir: join(dir, 'kv'), budgetBytes: 1 << 20, bundleId: 'b' });
