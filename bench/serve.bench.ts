@@ -197,9 +197,10 @@ async function sectionResume(bundleDir: string, f: Features, turns: number, answ
   if (f.spill) {
     const kvDir = await mkdtemp(join(work, 'kv-'));
     try {
-      const first = await FromageEngine.start(engineOptions(bundleDir, { kvDir }));
+      const spill = { kvDir, ...(engineSupports('kvDiskMb') ? { kvDiskMb: 4096 } : {}) };
+      const first = await FromageEngine.start(engineOptions(bundleDir, spill));
       const spilled = await dialogue(first, turns, answer, 30).finally(() => first.close());
-      const second = await FromageEngine.start(engineOptions(bundleDir, { kvDir }));
+      const second = await FromageEngine.start(engineOptions(bundleDir, spill));
       resumed = (await dialogue(second, 1, answer, 30, spilled.history).finally(() => second.close())).timings[0];
     } finally {
       await rm(kvDir, { recursive: true, force: true });
