@@ -186,3 +186,6 @@ export function affinityKey(prompt: readonly PromptItem[]): string {
   }
   return h.digest('hex').slice(0, 32);
 }
+
+/** Epoch milliseconds with sub-millisecond precision: a worker's 'started' time is compared with the gateway's enqueue time. */
+export const epochMs = (): number => performance.timeOrigin + performance.now();

@@ -22,7 +22,7 @@ import { MANIFEST_FILE } from '../model/manifest.ts';
 import { Tokenizer } from '../model/tokenizer/tokenizer.ts';
 import { SchedulerRejection } from '../queue/scheduler.ts';
 import { KEYS, PREFIX, workerQueue } from './keys.ts';
-import { affinityKey, decodeChatResult, decodeImages, encodePrompt, encodeSettings, eventSchema, PROTOCOL_VERSION, requestKey, resultSchema, type JobPayload, type JobResult } from './protocol.ts';
+import { affinityKey, decodeChatResult, epochMs, decodeImages, encodePrompt, encodeSettings, eventSchema, PROTOCOL_VERSION, requestKey, resultSchema, type JobPayload, type JobResult } from './protocol.ts';
 import type { RedisTarget } from './redis-url.ts';
 import { WorkerRegistry, type WorkerView } from './worker-registry.ts';
 
@@ -302,7 +302,7 @@ export class RemoteEngine implements Engine {
     req.lastCheck = Date.now();
     this.byJob.set(jobId, req);
     w.jobs.add(jobId);
-    req.dispatchedAt = Date.now();
+    req.dispatchedAt = epochMs();
     await this.queue(worker).add(req.payload.kind, req.payload, { jobId, attempts: 1, removeOnComplete: { age: KEEP_MS / 1000 }, removeOnFail: { age: KEEP_MS / 1000 } });
     await this.cmd.set(KEYS.request(req.key), JSON.stringify({ worker, jobId, attempt: req.attempt }), 'PX', KEEP_MS);
   }

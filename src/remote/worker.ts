@@ -13,7 +13,7 @@ import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { EngineInputError, type Engine } from '../model/engine-api.ts';
 import { KEYS, PREFIX, workerQueue } from './keys.ts';
-import { decodePrompt, encodeChatResult, encodeImages, jobSchema, PROTOCOL_VERSION, type Announcement, type JobResult, type WorkerEvent } from './protocol.ts';
+import { decodePrompt, epochMs, encodeChatResult, encodeImages, jobSchema, PROTOCOL_VERSION, type Announcement, type JobResult, type WorkerEvent } from './protocol.ts';
 import type { RedisTarget } from './redis-url.ts';
 
 export interface WorkerOptions {
@@ -112,7 +112,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     const timer = setTimeout(() => controller.abort(new Error('deadline passed')), Math.max(0, p.deadline - Date.now()));
     controllers.set(jobId, controller);
     running++;
-    publish({ t: 'started', job: jobId, worker: id, at: Date.now() });
+    publish({ t: 'started', job: jobId, worker: id, at: epochMs() });
     const t0 = performance.now();
     let lastSent = 0;
     const onText = (text: string) => {
