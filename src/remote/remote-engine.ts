@@ -12,7 +12,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { Gauge, type Registry } from 'prom-client';
 import type { ReplyImage } from '../conversation/types.ts';
@@ -21,6 +21,7 @@ import { EngineInputError, type ChatResult, type Engine, type EngineInfo, type G
 import { MANIFEST_FILE } from '../model/manifest.ts';
 import { Tokenizer } from '../model/tokenizer/tokenizer.ts';
 import { SchedulerRejection } from '../queue/scheduler.ts';
+import { connectOrExplain, newClient } from './connect.ts';
 import { KEYS, PREFIX, workerQueue } from './keys.ts';
 import { affinityKey, decodeChatResult, epochMs, decodeImages, encodePrompt, encodeSettings, eventSchema, PROTOCOL_VERSION, requestKey, resultSchema, type JobPayload, type JobResult } from './protocol.ts';
 import type { RedisTarget } from './redis-url.ts';
@@ -42,6 +43,8 @@ export interface RemoteEngineOptions {
   /** How long open() waits for workers to announce (their capacity sizes the scheduler). */
   readonly startWaitMs?: number;
   readonly pollMs?: number;
+  /** How long the first connection may take before open() fails with the cause. */
+  readonly connectTimeoutMs?: number;
   /** Gateway enqueue -> worker start, per job (benchmarks, metrics). */
   readonly onJobStarted?: (overheadMs: number, worker: string) => void;
 }
@@ -102,13 +105,11 @@ export class RemoteEngine implements Engine {
 
   static async open(o: RemoteEngineOptions): Promise<RemoteEngine> {
     const log = o.logger;
-    const cmd = new Redis({ ...o.redis.options });
-    const sub = new Redis({ ...o.redis.options });
-    for (const c of [cmd, sub]) c.on('error', () => {});
+    const cmd = newClient(o.redis);
+    const sub = newClient(o.redis);
     try {
-      await cmd.ping();
+      await connectOrExplain(cmd, o.redis, o.connectTimeoutMs);
     } catch (err) {
-      cmd.disconnect();
       sub.disconnect();
       throw err;
     }

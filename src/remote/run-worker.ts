@@ -6,6 +6,7 @@ import { loadConfig } from '../config.ts';
 import { UserFacingError } from '../conversation/errors.ts';
 import { createLogger } from '../log.ts';
 import { openConfiguredEngine } from '../service/open-engine.ts';
+import { connectOrExplain, newClient } from './connect.ts';
 import { parseRedisUrl } from './redis-url.ts';
 import { startWorker } from './worker.ts';
 
@@ -32,6 +33,10 @@ export async function runWorker(opts: WorkerCliOptions): Promise<void> {
   if (!config.FROMAGE_REDIS_URL) throw new WorkerNeedsRedisError();
   const redis = parseRedisUrl(config.FROMAGE_REDIS_URL, config.FROMAGE_REDIS_CA);
   const logger = createLogger(config);
+  // A wrong URL, password or CA is reported now, not after minutes of loading the model.
+  const probe = newClient(redis);
+  await connectOrExplain(probe, redis);
+  probe.disconnect();
   // The in-process engine, exactly as `fromage serve` without Redis opens it.
   const engine = await openConfiguredEngine({ ...config, FROMAGE_REDIS_URL: undefined }, logger, { yes: Boolean(opts.yes) || config.FROMAGE_SETUP_YES });
   const ttlMs = config.FROMAGE_WORKER_TIMEOUT_S * 1000;

@@ -9,9 +9,9 @@ import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
-import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { EngineInputError, type Engine } from '../model/engine-api.ts';
+import { connectOrExplain, newClient } from './connect.ts';
 import { KEYS, PREFIX, workerQueue } from './keys.ts';
 import { decodePrompt, epochMs, encodeChatResult, encodeImages, jobSchema, PROTOCOL_VERSION, type Announcement, type JobResult, type WorkerEvent } from './protocol.ts';
 import type { RedisTarget } from './redis-url.ts';
@@ -29,6 +29,8 @@ export interface WorkerOptions {
   readonly heartbeatMs?: number;
   /** The announcement expires this long after the last heartbeat. */
   readonly ttlMs?: number;
+  /** How long the first connection may take before start fails with the cause. */
+  readonly connectTimeoutMs?: number;
 }
 
 export interface RunningWorker {
@@ -50,9 +52,9 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const heartbeatMs = o.heartbeatMs ?? 1000;
   const ttlMs = o.ttlMs ?? 5000;
   const bundleId = o.engine.info.bundleId;
-  const cmd = new Redis({ ...o.redis.options, lazyConnect: false });
-  const sub = new Redis({ ...o.redis.options });
-  for (const c of [cmd, sub]) c.on('error', (err: Error) => log.debug({ err: err.message }, 'redis connection error (reconnecting)'));
+  const cmd = newClient(o.redis);
+  await connectOrExplain(cmd, o.redis, o.connectTimeoutMs);
+  const sub = newClient(o.redis);
   const controllers = new Map<string, AbortController>();
   let running = 0;
   let jobsDone = 0;
@@ -144,8 +146,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   };
 
   // BullMQ duplicates this connection for its blocking reads.
-  const queueConnection = new Redis({ ...o.redis.options });
-  queueConnection.on('error', () => {});
+  const queueConnection = newClient(o.redis);
   const worker = new Worker(workerQueue(id), process, {
     connection: queueConnection,
     prefix: PREFIX,
