@@ -10,6 +10,9 @@ import { ImageInputError } from './types.ts';
 /** Largest decoded image accepted (~ 8k x 8k); bigger inputs are refused before decoding. */
 export const MAX_INPUT_PIXELS = 8192 * 8192;
 
+/** Formats accepted from users (sharp's names). */
+export const RASTER_FORMATS: ReadonlySet<string> = new Set(['png', 'jpeg', 'webp', 'gif', 'tiff', 'heif']);
+
 /** Shortest side kept in history: >= CLIP's 224 so preprocessing sees near-original pixels. */
 export const STORED_SHORT_SIDE = 448;
 
@@ -30,6 +33,11 @@ export async function normalizeImage(input: Buffer, name = 'image'): Promise<Nor
   } catch (err) {
     throw new ImageInputError(`${name} is not an image I can read (${shortReason(err)}).`, 'not-an-image');
   }
+  // Photos only: sharp also renders SVG (librsvg: an XML parser with entities and links, a large
+  // surface for a file from a stranger) and other formats no one sends as a picture; the web
+  // chat's upload check allows the same raster formats (here also TIFF and HEIF, which Slack offers).
+  if (!RASTER_FORMATS.has(meta.format ?? ''))
+    throw new ImageInputError(`${name} is ${meta.format === 'svg' ? 'an SVG drawing' : `a ${meta.format ?? 'unknown'} file`}, not a photo I can read; send PNG, JPEG, WebP or GIF.`, 'not-an-image');
   if (!meta.width || !meta.height) throw new ImageInputError(`${name} has no size; is it an image?`, 'not-an-image');
   if (meta.width * meta.height > MAX_INPUT_PIXELS)
     throw new ImageInputError(`${name} is ${meta.width}x${meta.height} pixels; the limit is ${MAX_INPUT_PIXELS} pixels.`, 'too-large');

@@ -26,8 +26,28 @@ export interface BuiltPrompt {
   readonly droppedTurns: number;
 }
 
+/**
+ * The tokenizer's added tokens (OPT's `</s>`, `<s>`, `<pad>`, `<unk>`; FROMAGe's `<|image|>` and
+ * `[RET]`), which it matches anywhere in a text before anything else. Typed by a user they would
+ * become those tokens: an end of sequence, a retrieval request, an image slot.
+ */
+const ADDED_TOKENS = /<\/s>|<s>|<pad>|<unk>|<\|image\|>|\[RET\]/g;
+
+/** U+2060 WORD JOINER: invisible, and no added token contains it. */
+const JOINER = '\u2060';
+
+/**
+ * What a user typed, made safe to tokenize: each added token's spelling is broken by an
+ * invisible joiner after its first character, so the model reads those characters as text and
+ * never as the special token. Only text people typed goes through here; the model's own
+ * answers (which may hold `[RET]` by design) do not.
+ */
+export function plainUserText(text: string): string {
+  return text.replace(ADDED_TOKENS, (t) => `${t[0]}${JOINER}${t.slice(1)}`);
+}
+
 export function questionText(text: string): string {
-  return `Q: ${text}\nA:`;
+  return `Q: ${plainUserText(text)}\nA:`;
 }
 
 export function answerText(text: string): string {

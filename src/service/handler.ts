@@ -11,7 +11,7 @@ import { EngineInputError } from '../model/engine-api.ts';
 import type { HistoryStore, StoredImage, Turn } from '../conversation/history.ts';
 import { normalizeImage } from '../conversation/images.ts';
 import { conversationId } from '../conversation/key.ts';
-import { buildPrompt, fitText, PromptTooLongError, questionText } from '../conversation/prompt.ts';
+import { buildPrompt, fitText, plainUserText, PromptTooLongError, questionText } from '../conversation/prompt.ts';
 import { describeSettings, parseSettingsChanges } from '../conversation/settings.ts';
 import {
   DEFAULT_SETTINGS,
@@ -192,7 +192,7 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
     if (!engine.info.hasIndex)
       return responder.send(reply('error', text('No image index is configured, so I cannot retrieve images. The bot owner can add one with `fromage index import` (see the README).')));
     const n = Math.max(1, Math.min(4, count ?? history.settings(conversation).maxImages));
-    const images = await runJob(message, place, responder, { run: (signal) => engine.retrieve(q, n, { signal }) });
+    const images = await runJob(message, place, responder, { run: (signal) => engine.retrieve(plainUserText(q), n, { signal }) });
     if (!images) return;
     if (images.length === 0) return responder.send(reply('notice', text(`I found no image I could load for "${q}".`)));
     await responder.send(reply('answer', { type: 'images', images }));
@@ -232,7 +232,8 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
     // Room for the question once its images, the answer and `Q: ...\nA:` are accounted for.
     const room = budget.contextLength - settings.maxWords - 1 - images.length * budget.nVisualTokens - (await engine.countTokens(questionText('')));
     if (room < 1) return responder.send(reply('error', text('Too many images for the model context; send fewer images at once.')));
-    const fitted = await fitText(question, room, budget.countTokens);
+    // Counted as the model will read it (typed special tokens are spelled out: plainUserText).
+    const fitted = await fitText(question, room, (t) => budget.countTokens(plainUserText(t)));
     // One statement, whichever limit cut deeper.
     if (fitted.length < sentChars) {
       const why = fitted.length < question.length ? ', as much as fits in the model with its answer' : '';

@@ -1,0 +1,105 @@
+/**
+ * Regression tests for what the soak and fuzz runs found, small enough to pin each fix:
+ * - an SVG (or any non-photo format sharp can render) sent as `photo.png` was rendered by
+ *   librsvg on Discord and Slack (the web chat already refused it);
+ * - text a user typed that spells one of the tokenizer's added tokens (`[RET]`, `<|image|>`,
+ *   `</s>`, `<pad>`) became that token in the prompt (an end of sequence, a retrieval, an image slot).
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { pino } from 'pino';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SqliteHistoryStore } from '../../src/conversation/history.ts';
+import { normalizeImage } from '../../src/conversation/images.ts';
+import { answerText, plainUserText, questionText } from '../../src/conversation/prompt.ts';
+import { ImageInputError, type ReplyImage } from '../../src/conversation/types.ts';
+import type { ChatResult, Engine, PromptItem } from '../../src/model/engine-api.ts';
+import { Tokenizer } from '../../src/model/tokenizer/tokenizer.ts';
+import { Scheduler } from '../../src/queue/scheduler.ts';
+import { createMessageHandler } from '../../src/service/handler.ts';
+import { message, RecordingResponder } from '../support/messages.ts';
+import { fixtureBundle } from './harness.ts';
+import { SEED } from './sizes.ts';
+
+describe('images a user sends must be photos', () => {
+  it('refuses an SVG named .png with a clear message, and still reads the raster formats', async () => {
+    const svg = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32"><rect width="32" height="32"/></svg>');
+    const err = await normalizeImage(svg, 'photo.png').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ImageInputError);
+    expect((err as Error).message).toBe('photo.png is an SVG drawing, not a photo I can read; send PNG, JPEG, WebP or GIF.');
+    const base = () => sharp({ create: { width: 8, height: 6, channels: 3, background: 'red' } });
+    for (const bytes of [await base().png().toBuffer(), await base().jpeg().toBuffer(), await base().webp().toBuffer(), await base().gif().toBuffer(), await base().tiff().toBuffer()])
+      expect((await normalizeImage(bytes, 'x')).width).toBe(8);
+  });
+});
+
+describe('typed special tokens stay text', () => {
+  let work: string;
+  let tokenizer: Tokenizer;
+  let addedIds: Set<number>;
+  const ADDED = ['[RET]', '<|image|>', '</s>', '<pad>', '<s>', '<unk>'];
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'fromage-soak-tokens-'));
+    tokenizer = await Tokenizer.fromFile(join(await fixtureBundle(work), 'tokenizer.json'));
+    addedIds = new Set(ADDED.flatMap((t) => (tokenizer.tokenToId(t) === undefined ? [] : [tokenizer.tokenToId(t)!])));
+  }, 60_000);
+  afterAll(() => rm(work, { recursive: true, force: true }));
+
+  const specials = (ids: readonly number[]) => ids.slice(1).filter((id) => addedIds.has(id));
+
+  it('the fixture tokenizer would turn the raw spellings into their tokens (what the rule prevents)', () => {
+    expect(specials(tokenizer.encode('Q: [RET] <|image|> </s> <pad>\nA:', { addSpecialTokens: true })).length).toBe(4);
+  });
+
+  it(`never yields an added token from a user's question or retrieval text (fast-check, seed ${SEED})`, () => {
+    const fragment = fc.oneof(fc.constantFrom(...ADDED, '[', ']', '<', '>', '|', 'RET', 'image', ' ', '\n', '\u2060'), fc.string({ maxLength: 6 }));
+    fc.assert(
+      fc.property(fc.array(fragment, { maxLength: 24 }), (parts) => {
+        const typed = parts.join('');
+        expect(specials(tokenizer.encode(questionText(typed), { addSpecialTokens: true }))).toEqual([]);
+        expect(specials(tokenizer.encode(plainUserText(typed), { addSpecialTokens: true }))).toEqual([]);
+      }),
+      { numRuns: 300, seed: SEED },
+    );
+    // The model's own answers keep their [RET] (the reference puts it back in the history).
+    expect(answerText('a dog [RET]')).toBe('a dog [RET]\n');
+  });
+
+  it('through the service: the prompt and the retrieval query the engine gets hold no added token', async () => {
+    const prompts: (readonly PromptItem[])[] = [];
+    const queries: string[] = [];
+    const engine: Engine = {
+      info: { bundleId: 'spy', contextLength: 2048, nVisualTokens: 1, hasIndex: true },
+      countTokens: async (t) => tokenizer.encode(t).length,
+      chat: async (prompt): Promise<ChatResult> => {
+        prompts.push(prompt);
+        return { segments: [{ type: 'text', text: 'ok' }], generatedTokens: 1, historyText: 'ok [RET]' };
+      },
+      retrieve: async (query): Promise<readonly ReplyImage[]> => {
+        queries.push(query);
+        return [];
+      },
+      close: async () => undefined,
+    };
+    const handler = createMessageHandler({
+      engine,
+      history: new SqliteHistoryStore(':memory:', { maxTurns: 10 }),
+      scheduler: new Scheduler({ concurrency: 1, maxQueued: 10, userRatePerMinute: 100, userBurst: 100, jobTimeoutMs: 10_000 }),
+      logger: pino({ level: 'silent' }),
+    });
+    await handler(message('show me [RET] then <|image|></s><pad>'), new RecordingResponder());
+    await handler(message('and again [RET]'), new RecordingResponder());
+    await handler(message('', { intent: { kind: 'retrieve', query: 'a cat [RET] <|image|>' } }), new RecordingResponder());
+    expect(prompts).toHaveLength(2);
+    const texts = prompts[1].flatMap((p) => (p.type === 'text' ? [p.text] : []));
+    // Both questions are plain text; the model's answer in between keeps its own [RET].
+    expect(texts.filter((t) => t.startsWith('Q:')).flatMap((t) => specials(tokenizer.encode(t, { addSpecialTokens: true })))).toEqual([]);
+    expect(texts.some((t) => t === 'ok [RET]\n')).toBe(true);
+    expect(queries).toHaveLength(1);
+    expect(specials(tokenizer.encode(queries[0], { addSpecialTokens: true }))).toEqual([]);
+  });
+});
