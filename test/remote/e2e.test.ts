@@ -120,6 +120,42 @@ describe('gateway and workers as processes, end to end', () => {
     expect([...starts.values()].every((n) => n === 1)).toBe(true);
   }, 120_000);
 
+  it('`fromage serve` with FROMAGE_REDIS_URL and no bundle files is a gateway: /healthz lists the workers, /metrics their speed', async () => {
+    const httpPort = await freePort();
+    const serve = startProc(['src/cli.ts', 'serve'], {
+      FROMAGE_REDIS_URL: redis.url,
+      FROMAGE_BUNDLE: join(work, 'no-bundle-here'),
+      FROMAGE_DATA_DIR: join(work, 'serve-data'),
+      FROMAGE_WEB_PORT: String(await freePort()),
+      HTTP_PORT: String(httpPort),
+      FROMAGE_WORKER_WAIT_S: '20',
+    });
+    try {
+      let health: { status: string; bundle?: string; remote?: { redis: { url: string }; workers: Record<string, unknown>[] } } = { status: 'starting' };
+      const deadline = Date.now() + 60_000;
+      while (health.status !== 'ready') {
+        if (Date.now() > deadline || serve.child.exitCode !== null) throw new Error(`the gateway did not get ready:\n${serve.output().slice(-2000)}`);
+        await new Promise((r) => setTimeout(r, 200));
+        health = await fetch(`http://127.0.0.1:${httpPort}/healthz`).then((r) => r.json() as Promise<typeof health>, () => health);
+      }
+      expect(health.remote!.workers).toHaveLength(workers.length);
+      for (const w of health.remote!.workers) {
+        expect(w).toMatchObject({ device: 'cpu', state: 'idle', capacity: 2 });
+        expect(typeof w.id).toBe('string');
+        expect(Date.parse(String(w.lastSeen))).toBeGreaterThan(Date.now() - 10_000);
+        expect(w.bundle).toBe(health.bundle);
+      }
+      expect(health.remote!.redis.url).toMatch(/^redis:\/\/:\*\*\*@127\.0\.0\.1:\d+\/0$/);
+      const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+      expect(metrics).toMatch(/fromage_workers\{state="ready"\} 3/);
+      expect(metrics).toMatch(/fromage_remote_queue_depth 0/);
+      expect(JSON.stringify(health) + metrics + serve.output()).not.toContain('e2e-redis-password');
+    } finally {
+      serve.kill('SIGTERM');
+      expect(await serve.exited).toBe(0);
+    }
+  }, 90_000);
+
   it(`${MESSAGES} messages from ${USERS} users over ${CONVERSATIONS} conversations, one worker SIGKILLed mid-run: each answered once, in order`, async () => {
     const replies: Reply[] = [];
     const httpPort = await freePort();
