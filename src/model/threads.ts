@@ -5,7 +5,9 @@
  * its core. It ignores what this process may really use: a container limited by a cgroup CPU
  * quota still gets one pinned thread per host core, and on the shared 2-core development
  * machine the pinned default measured 258 ms/token and 8.7 prefill positions/s against 148 and
- * 14.3 with two unpinned threads (OPT-6.7B shape, int4; docs/runtime.md, "Threads"). So the
+ * 14.3 with two unpinned threads (OPT-6.7B shape, int4), and a process allowed one CPU ran
+ * 1.7-2.5x slower per token with the default's two threads than with one (docs/runtime.md,
+ * "Threads"). So the
  * default here is the number of CPUs this process may run on (its scheduler affinity, which
  * taskset and cpusets narrow), capped by the cgroup CPU quota (v2 `cpu.max`, v1
  * `cpu.cfs_quota_us`), at least 1, passed explicitly, which also leaves the threads unpinned.
