@@ -7,10 +7,10 @@
  * machine the pinned default measured 258 ms/token and 8.7 prefill positions/s against 148 and
  * 14.3 with two unpinned threads (OPT-6.7B shape, int4), and a process allowed one CPU ran
  * 1.7-2.5x slower per token with the default's two threads than with one (docs/runtime.md,
- * "Threads"). So the
- * default here is the number of CPUs this process may run on (its scheduler affinity, which
- * taskset and cpusets narrow), capped by the cgroup CPU quota (v2 `cpu.max`, v1
- * `cpu.cfs_quota_us`), at least 1, passed explicitly, which also leaves the threads unpinned.
+ * "Threads"). So the default here is the number of CPUs this process may run on (its
+ * scheduler affinity, which taskset and cpusets narrow), capped by the cgroup CPU quota (v2
+ * `cpu.max`, v1 `cpu.cfs_quota_us`), at least 1, passed explicitly, which also leaves the
+ * threads unpinned.
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
