@@ -51,8 +51,10 @@ export interface RemoteEngineOptions {
 
 /** Runs of one request at most (on different workers) before it fails. */
 const MAX_ATTEMPTS = 3;
-/** A finished request's job stays in Redis this long, for a restarted gateway asked again. */
+/** A job nobody collected (its gateway died) stays in Redis this long, for a restarted gateway asked again. */
 const KEEP_MS = 10 * 60_000;
+/** Which worker answered a conversation last, kept in Redis across gateway restarts. */
+const AFFINITY_KEEP_MS = 60 * 60_000;
 
 interface Waiter {
   resolve(r: JobResult): void;
@@ -242,11 +244,12 @@ export class RemoteEngine implements Engine {
       if (ref) {
         const job = await this.queue(ref.worker).getJob(ref.jobId);
         const alive = this.registry.workers.has(ref.worker);
-        if (job && (job.finishedOn || alive)) {
+        // Answered, or still on a live worker: wait for that one. A failed or orphaned job runs afresh.
+        req.attempt = ref.attempt;
+        if (job && (job.finishedOn ? !job.failedReason : alive)) {
           req.worker = ref.worker;
           req.jobId = ref.jobId;
-          req.attempt = ref.attempt;
-          req.dispatchedAt = Date.now();
+          req.dispatchedAt = epochMs();
           this.byJob.set(ref.jobId, req);
           this.registry.workers.get(ref.worker)?.jobs.add(ref.jobId);
           this.o.logger.debug({ job: ref.jobId }, 'attached to a job queued before');
@@ -254,6 +257,11 @@ export class RemoteEngine implements Engine {
           return;
         }
       }
+    }
+    if (req.affinity && !this.affinity.has(req.affinity)) {
+      // Where this conversation was answered before this gateway started, if Redis remembers.
+      const home = await this.cmd.get(KEYS.affinity(req.affinity));
+      if (home && !this.affinity.has(req.affinity)) this.affinity.set(req.affinity, home);
     }
     this.pending.push(req);
     this.pump();
@@ -350,10 +358,13 @@ export class RemoteEngine implements Engine {
       return;
     }
     if (!job.finishedOn) return;
+    // Read once and handed to the waiting handler: Redis need not keep the prompt and the answer's images.
+    void job.remove().catch(() => {});
     if (!job.failedReason) {
       const parsed = resultSchema.safeParse(job.returnvalue);
       if (parsed.success) {
         if (req.affinity) this.remember(req.affinity, req.worker);
+        void this.cmd.del(KEYS.request(req.key)).catch(() => {});
         this.settle(req, parsed.data);
       } else this.redispatch(req, 'a worker returned a malformed answer');
       return;
@@ -425,6 +436,7 @@ export class RemoteEngine implements Engine {
   }
 
   private remember(affinity: string, worker: string): void {
+    if (this.affinity.get(affinity) !== worker) void this.cmd.set(KEYS.affinity(affinity), worker, 'PX', AFFINITY_KEEP_MS).catch(() => {});
     this.affinity.delete(affinity);
     this.affinity.set(affinity, worker);
     if (this.affinity.size > 100_000) this.affinity.delete(this.affinity.keys().next().value!);

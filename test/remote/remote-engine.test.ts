@@ -166,6 +166,14 @@ describe('remote engine (gateway) with fromage worker processes', () => {
     await waitUntil(async () => Boolean((await q.getJob(job.id!))?.finishedOn));
     expect((await q.getJob(job.id!))!.failedReason).toMatch(/^bundle: this worker serves bundle/);
     await q.close();
+    // A malformed job (anyone who reaches Redis can write one) is refused, and the worker carries on.
+    const ready = workers.find((w) => w !== other)!;
+    const q2 = new Queue(workerQueue(workerIdOf(ready)), { connection: c, prefix: PREFIX });
+    const bad = await q2.add('chat', { v: 1, bundleId: engine.info.bundleId, deadline: Date.now() + 60_000, kind: 'chat', prompt: [{ type: 'image', hash: 'x', data: '%%%' }], settings: {} });
+    await waitUntil(async () => Boolean((await q2.getJob(bad.id!))?.finishedOn));
+    expect((await q2.getJob(bad.id!))!.failedReason).toMatch(/^invalid: the job does not match protocol 1/);
+    expect(ready.output()).toMatch(/refusing an invalid job/);
+    await q2.close();
     c.disconnect();
     other.kill('SIGTERM');
     await other.exited;

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_SETTINGS } from '../../src/conversation/types.ts';
+import { SchedulerRejection } from '../../src/queue/scheduler.ts';
 import { RedisUnreachableError } from '../../src/remote/connect.ts';
 import { parseRedisUrl } from '../../src/remote/redis-url.ts';
 import { RemoteEngine } from '../../src/remote/remote-engine.ts';
@@ -89,6 +90,26 @@ describe('rediss:// and connection failures', () => {
     expect(err).toBeInstanceOf(RedisUnreachableError);
     expect((err as Error).message).toMatch(/nothing accepts connections there .*is redis-server running/);
   }, 60_000);
+
+  it('refuses a job as busy, saying so, when no worker runs for FROMAGE_WORKER_WAIT_S', async () => {
+    const engine = await RemoteEngine.open({
+      redis: parseRedisUrl(plain.url),
+      logger: pino({ level: 'silent' }),
+      bundleDir: f.bundle,
+      affinityWaitMs: 100,
+      noWorkerWaitMs: 1000,
+      jobTimeoutMs: 30_000,
+      workerTtlMs: 2000,
+    });
+    try {
+      expect(engine.capacity()).toBe(0);
+      const err = await engine.chat([{ type: 'text', text: 'Q: anyone?\nA:' }], DEFAULT_SETTINGS).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SchedulerRejection);
+      expect(err).toMatchObject({ reason: 'busy', message: 'No model worker is running right now; try again in a few minutes.' });
+    } finally {
+      await engine.close();
+    }
+  });
 
   it('`fromage worker` without FROMAGE_REDIS_URL, or with a wrong password, exits at once with the fix', async () => {
     const noUrl = startProc(['src/cli.ts', 'worker'], { FROMAGE_BUNDLE: f.bundle });
