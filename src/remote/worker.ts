@@ -96,7 +96,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
 
   const publish = (e: WorkerEvent) => void cmd.publish(KEYS.events, JSON.stringify(e)).catch(() => {});
 
-  const process = async (job: Job, _token?: string, signal?: AbortSignal): Promise<JobResult> => {
+  const answer = async (job: Job, _token?: string, signal?: AbortSignal): Promise<JobResult> => {
     const parsed = jobSchema.safeParse(job.data);
     if (!parsed.success || job.data?.v !== PROTOCOL_VERSION) {
       log.warn({ job: job.id, problem: parsed.success ? 'protocol version' : parsed.error.issues[0]?.message }, 'refusing an invalid job');
@@ -147,7 +147,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
 
   // BullMQ duplicates this connection for its blocking reads.
   const queueConnection = newClient(o.redis);
-  const worker = new Worker(workerQueue(id), process, {
+  const worker = new Worker(workerQueue(id), answer, {
     connection: queueConnection,
     prefix: PREFIX,
     concurrency: o.capacity,

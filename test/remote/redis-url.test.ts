@@ -1,3 +1,4 @@
+import { readdir, readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, secretValues } from '../../src/config.ts';
 import { redact } from '../../src/log.ts';
@@ -38,5 +39,18 @@ describe('FROMAGE_REDIS_URL', () => {
     const config = loadConfig({});
     expect(config.FROMAGE_REDIS_URL).toBeUndefined();
     expect(config.FROMAGE_AFFINITY_WAIT_MS).toBe(500);
+  });
+
+  it('loads no Redis code on the one-process path: the service and the CLI reach src/remote only by dynamic import', async () => {
+    const files = ['src/cli.ts', ...(await readdir('src/service')).map((f) => `src/service/${f}`)];
+    for (const file of files) {
+      const text = await readFile(file, 'utf8');
+      const statics = [...text.matchAll(/^import\s+(?!type\b)[^;]*?from\s+'([^']+)'/gms)].map((m) => m[1]);
+      expect(statics.filter((m) => /bullmq|ioredis/.test(m)), file).toEqual([]);
+      expect(statics.filter((m) => m.includes('/remote/') && !m.endsWith('/remote/commands.ts')), file).toEqual([]);
+    }
+    // The `worker` command's registration imports nothing but commander's types.
+    const commands = await readFile('src/remote/commands.ts', 'utf8');
+    expect([...commands.matchAll(/^import\s+(?!type\b)/gm)]).toEqual([]);
   });
 });
