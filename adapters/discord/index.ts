@@ -33,7 +33,7 @@ import {
   type DiscordResponder,
   type ResponderTiming,
 } from './responder.ts';
-import { mayChangeSettings, memberRoleIds, parseFromageCommand } from './slash.ts';
+import { mayChangeSettings, memberRoleIds, parseFromageCommand, type ParsedCommand } from './slash.ts';
 import { UserFacingError } from '../../src/conversation/errors.ts';
 
 export interface DiscordAdapterOptions {
@@ -206,7 +206,15 @@ class DiscordAdapter implements Adapter {
         .reply({ content, flags: MessageFlags.Ephemeral, allowedMentions: NO_MENTIONS })
         .then(() => undefined, (err: unknown) => void this.reporter.report(err, where, 'refuse command'));
 
-    const parsed = parseFromageCommand(interaction);
+    let parsed: ParsedCommand | null;
+    try {
+      parsed = parseFromageCommand(interaction);
+    } catch (err) {
+      // discord.js throws for a required option that is missing or an option of another type (a
+      // registration older or newer than this code); unanswered, Discord says "did not respond".
+      this.logger.warn({ err: err instanceof Error ? err.message : String(err), interaction: interaction.id }, 'discord: a command whose options this bot cannot read');
+      return refuse('I could not read this command: an option is missing or has the wrong type. The bot owner should run `npm run discord:register` again; `/fromage help` shows what I can do.');
+    }
     if (!parsed) return refuse('I do not know this command. The bot owner should run `npm run discord:register` again.');
     const threadParentId = interaction.channel?.isThread() ? interaction.channel.parentId : null;
     const channelId = interaction.channelId ?? 'unknown';

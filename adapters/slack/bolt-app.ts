@@ -4,7 +4,7 @@
  * verifies each request's signature and rejects stale timestamps (replays).
  */
 import { inspect } from 'node:util';
-import { App, HTTPReceiver, LogLevel, SocketModeReceiver, type Logger as BoltLogger } from '@slack/bolt';
+import { App, AuthorizationError, HTTPModuleFunctions, HTTPReceiver, LogLevel, SocketModeReceiver, type Logger as BoltLogger, type ReceiverProcessEventErrorHandlerArgs } from '@slack/bolt';
 import type { SlackConfig } from './config.ts';
 import type { AdapterLogger } from '../../src/conversation/logger.ts';
 import type { WebClientOptions } from './web-api.ts';
@@ -55,6 +55,21 @@ export interface BoltAppOptions {
   readonly logger: AdapterLogger;
 }
 
+/**
+ * A signed event Bolt itself cannot read (a field of another type, e.g. `channel: null`) made
+ * it answer 500, and Slack retries a 500 three times, each failing the same way (and disables
+ * an app's events after many failures). It is acknowledged and logged instead; authorization
+ * failures keep Bolt's own answer.
+ */
+async function acknowledgeUnreadable(args: ReceiverProcessEventErrorHandlerArgs): Promise<boolean> {
+  const { error, response, logger } = args;
+  if (response.headersSent || error instanceof AuthorizationError) return HTTPModuleFunctions.defaultProcessEventErrorHandler(args);
+  logger.warn(`slack: an event could not be processed and was acknowledged so Slack does not retry it: ${error instanceof Error ? error.message : String(error)}`);
+  response.writeHead(200);
+  response.end();
+  return true;
+}
+
 export function createBoltApp(options: BoltAppOptions): App {
   const logger = boltLogger(options.logger);
   const { mode } = options;
@@ -67,7 +82,7 @@ export function createBoltApp(options: BoltAppOptions): App {
           // without them apps.connections.open would ignore SLACK_API_URL.
           installerOptions: { clientOptions: options.clientOptions },
         })
-      : new HTTPReceiver({ signingSecret: mode.signingSecret, endpoints: EVENTS_PATH, logger, processBeforeResponse: false });
+      : new HTTPReceiver({ signingSecret: mode.signingSecret, endpoints: EVENTS_PATH, logger, processBeforeResponse: false, processEventErrorHandler: acknowledgeUnreadable });
   return new App({
     token: options.botToken,
     // Known from our own auth.test at start, so Bolt does not call it again per event.

@@ -16,18 +16,25 @@ function discordAllowed(body: Record<string, unknown>): unknown {
   return 'no message content';
 }
 
+/** How many posts the checks looked at (so a pass is not a pass over nothing). */
+export const mentionChecks = { discord: 0, slack: 0 };
+
 export function mentionProblems(bot: SoakBot): string[] {
   const problems: string[] = [];
+  mentionChecks.discord = 0;
+  mentionChecks.slack = 0;
   for (const r of bot.discord.requests) {
     if (!(r.method === 'POST' || r.method === 'PATCH') || !DISCORD_WRITES.test(r.path) || !r.body) continue;
     const allowed = discordAllowed(r.body);
     if (allowed === 'no message content') continue;
+    mentionChecks.discord++;
     const a = allowed as { parse?: unknown[]; users?: unknown[]; roles?: unknown[]; replied_user?: boolean } | undefined;
     const safe = a !== undefined && Array.isArray(a.parse) && a.parse.length === 0 && !a.users?.length && !a.roles?.length && a.replied_user !== true;
     if (!safe) problems.push(`discord ${r.method} ${r.path}: allowed_mentions ${JSON.stringify(allowed)}`);
   }
   for (const c of bot.slack.calls) {
     if (!/^chat\.(postMessage|update|postEphemeral)$|^files\.completeUploadExternal$/.test(c.method)) continue;
+    mentionChecks.slack++;
     for (const field of ['text', 'blocks', 'initial_comment']) {
       const v = c.args[field];
       if (v !== undefined && SLACK_PING.test(v)) problems.push(`slack ${c.method} ${field}: ${v.slice(0, 200)}`);

@@ -3,7 +3,11 @@
  * - an SVG (or any non-photo format sharp can render) sent as `photo.png` was rendered by
  *   librsvg on Discord and Slack (the web chat already refused it);
  * - text a user typed that spells one of the tokenizer's added tokens (`[RET]`, `<|image|>`,
- *   `</s>`, `<pad>`) became that token in the prompt (an end of sequence, a retrieval, an image slot).
+ *   `</s>`, `<pad>`) became that token in the prompt (an end of sequence, a retrieval, an image slot);
+ * - a Discord command with a required option missing (or of another type) was never answered
+ *   (discord.js threw while reading it; Discord showed "the application did not respond");
+ * - a signed Slack event that Bolt itself cannot read (`channel: null`) was answered 500, which
+ *   Slack retries, failing each time.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,6 +25,10 @@ import { Tokenizer } from '../../src/model/tokenizer/tokenizer.ts';
 import { Scheduler } from '../../src/queue/scheduler.ts';
 import { createMessageHandler } from '../../src/service/handler.ts';
 import { message, RecordingResponder } from '../support/messages.ts';
+import { ALICE, interactionPayload } from '../discord/fake-discord/payloads.ts';
+import { GUILD, startHarness } from '../discord/harness.ts';
+import { FakeSlack } from '../slack/fake-slack.ts';
+import { eventEnvelope, eventually, postEvent, startHttpAdapter } from '../slack/harness.ts';
 import { fixtureBundle } from './harness.ts';
 import { SEED } from './sizes.ts';
 
@@ -101,5 +109,41 @@ describe('typed special tokens stay text', () => {
     expect(texts.some((t) => t === 'ok [RET]\n')).toBe(true);
     expect(queries).toHaveLength(1);
     expect(specials(tokenizer.encode(queries[0], { addSpecialTokens: true }))).toEqual([]);
+  });
+});
+
+describe('platform payloads the adapters must answer', () => {
+  it('Discord: /fromage retrieve without its required query gets an ephemeral explanation', async () => {
+    const h = await startHarness();
+    try {
+      const payload = interactionPayload({ guildId: GUILD, channel: { id: '1100000000000000105', type: 0 }, user: ALICE, subcommand: 'retrieve', options: [] });
+      h.fake.dispatch('INTERACTION_CREATE', payload);
+      const callback = await h.fake.waitForRequest((r) => r.path === `/interactions/${payload.id}/${payload.token}/callback`);
+      expect(callback.body).toMatchObject({ type: 4, data: { flags: 64, content: expect.stringContaining('I could not read this command') } });
+      expect(h.received).toHaveLength(0);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('Slack: a signed event with channel null is acknowledged (not 500), and the next message is answered', async () => {
+    const fake = new FakeSlack();
+    await fake.start();
+    const received: string[] = [];
+    const adapter = await startHttpAdapter(fake, async (m, r) => {
+      received.push(m.text);
+      await r.send({ kind: 'answer', segments: [{ type: 'text', text: 'ok' }] });
+    });
+    try {
+      const bad = await postEvent(adapter.httpPort ?? 0, eventEnvelope({ type: 'app_mention', user: 'U1', text: '<@UBOT> hi', channel: null, ts: '8.1', event_ts: '8.1' }));
+      expect(bad.status).toBe(200);
+      const good = await postEvent(adapter.httpPort ?? 0, eventEnvelope({ type: 'app_mention', user: 'U1', text: '<@UBOT> hello', channel: 'C1', ts: '8.2', event_ts: '8.2' }));
+      expect(good.status).toBe(200);
+      await eventually(() => received.length === 1);
+      expect(received).toEqual(['hello']);
+    } finally {
+      await adapter.stop();
+      await fake.stop();
+    }
   });
 });
