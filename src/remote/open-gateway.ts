@@ -29,10 +29,21 @@ export async function openRemoteEngine(config: Config, logger: Logger): Promise<
  * Workers on /healthz and /metrics; the configuration the service gets: its scheduler runs as many
  * jobs at once as the workers announced at start (FROMAGE_BATCH when none had yet).
  */
-export function attachGateway(engine: Engine, deps: { config: Config; metrics: ServiceMetrics; readiness: Readiness }): Config {
+export function attachGateway(engine: Engine, deps: { config: Config; metrics: ServiceMetrics; readiness: Readiness; logger?: Logger }): Config {
   if (!(engine instanceof RemoteEngine)) return deps.config;
   engine.registerMetrics(deps.metrics.registry);
   deps.readiness.addDetails(() => ({ remote: engine.health() }));
   const capacity = engine.capacity();
-  return { ...deps.config, FROMAGE_BATCH: capacity > 0 ? capacity : deps.config.FROMAGE_BATCH };
+  const concurrency = capacity > 0 ? capacity : deps.config.FROMAGE_BATCH;
+  // The scheduler's concurrency is fixed when it starts: say so when the workers change.
+  engine.onCapacityChange((slots) => {
+    if (slots === concurrency) return;
+    deps.logger?.warn(
+      { workerSlots: slots, schedulerSlots: concurrency },
+      slots > concurrency
+        ? 'the workers now take more jobs at once than the gateway hands out; restart the gateway to use them all'
+        : 'the workers now take fewer jobs at once than the gateway hands out; the rest wait for a free worker',
+    );
+  });
+  return { ...deps.config, FROMAGE_BATCH: concurrency };
 }

@@ -90,6 +90,8 @@ export const announcementSchema = z.object({
   state: z.enum(['ready', 'refusing', 'stopping']),
   reason: z.string().max(1000).optional(),
   tokensPerSecond: z.number().min(0),
+  /** Whether it loaded a retrieval index (`/fromage retrieve` and [RET] images need one). */
+  hasIndex: z.boolean().optional(),
   jobsDone: z.number().int().min(0),
   startedAt: z.number().int(),
   lastSeen: z.number().int(),

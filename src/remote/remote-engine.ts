@@ -90,6 +90,8 @@ export class RemoteEngine implements Engine {
   private outage = false;
   private closed = false;
   private hasIndex = false;
+  private lastCapacity = 0;
+  private readonly capacityListeners: ((slots: number) => void)[] = [];
 
   private constructor(
     private readonly o: RemoteEngineOptions,
@@ -98,11 +100,21 @@ export class RemoteEngine implements Engine {
     private readonly bundle: { id: string; contextLength: number; nVisualTokens: number },
     private tokenizer: Tokenizer | undefined,
   ) {
-    this.registry = new WorkerRegistry(cmd, o.workerTtlMs, (id, view) => this.workerDied(id, view), () => this.pump());
+    this.registry = new WorkerRegistry(cmd, o.workerTtlMs, (id, view) => this.workerDied(id, view), () => {
+      const now = this.capacity();
+      if (now !== this.lastCapacity) {
+        this.lastCapacity = now;
+        for (const l of this.capacityListeners) l(now);
+      }
+      this.pump();
+    });
   }
 
   get info(): EngineInfo {
-    return { bundleId: this.bundle.id, contextLength: this.bundle.contextLength, nVisualTokens: this.bundle.nVisualTokens, hasIndex: this.hasIndex };
+    // Any ready worker with an index can answer retrievals; before any announces, what the bundle's workers published.
+    const ready = this.registry.eligible(this.bundle.id);
+    const hasIndex = ready.length > 0 ? ready.some((w) => w.announcement.hasIndex === true) : this.hasIndex;
+    return { bundleId: this.bundle.id, contextLength: this.bundle.contextLength, nVisualTokens: this.bundle.nVisualTokens, hasIndex };
   }
 
   static async open(o: RemoteEngineOptions): Promise<RemoteEngine> {
@@ -160,6 +172,11 @@ export class RemoteEngine implements Engine {
     const workers = this.registry.eligible(this.bundle.id);
     log.info({ workers: workers.length, capacity: this.capacity(), bundle: this.bundle.id, redis: this.o.redis.redacted }, 'gateway: model workers through Redis');
     this.poller = setInterval(() => void this.tick().catch((err: Error) => log.debug({ err: err.message }, 'poll failed')), this.o.pollMs ?? 250);
+  }
+
+  /** Called with the workers' total slots whenever it changes (workers come, go, refuse). */
+  onCapacityChange(listener: (slots: number) => void): void {
+    this.capacityListeners.push(listener);
   }
 
   /** Jobs the ready workers for this bundle take at once, together. */

@@ -82,7 +82,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const announce = async () => {
     if (cmd.status !== 'ready') return;
     await checkExpected();
-    const a: Announcement = { id, host: hostname(), device: o.device, bundleId, capacity: o.capacity, running, state, ...(reason ? { reason } : {}), tokensPerSecond, jobsDone, startedAt, lastSeen: Date.now() };
+    const a: Announcement = { id, host: hostname(), device: o.device, bundleId, capacity: o.capacity, running, state, ...(reason ? { reason } : {}), tokensPerSecond, hasIndex: o.engine.info.hasIndex, jobsDone, startedAt, lastSeen: Date.now() };
     await cmd.multi().set(KEYS.worker(id), JSON.stringify(a), 'PX', ttlMs).sadd(KEYS.workers, id).exec();
   };
   await announce();

@@ -35,7 +35,7 @@ export async function runServe(options: ServeOptions): Promise<void> {
   const engine = await openConfiguredEngine(config, logger, { yes: options.yes ?? config.FROMAGE_SETUP_YES });
   readiness.done('the model to load');
   // A gateway shows its workers on /healthz and /metrics, and sizes its scheduler by their capacity.
-  const serviceConfig = config.FROMAGE_REDIS_URL ? (await import('../remote/open-gateway.ts')).attachGateway(engine, { config, metrics, readiness }) : config;
+  const serviceConfig = config.FROMAGE_REDIS_URL ? (await import('../remote/open-gateway.ts')).attachGateway(engine, { config, metrics, readiness, logger }) : config;
   let stop: () => Promise<void> = async () => {};
   let stopping: Promise<void> | undefined;
   const shutdown = (why: string) => {

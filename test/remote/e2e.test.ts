@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KEYS } from '../../src/remote/keys.ts';
-import { prepareFixtures, startProc, startWorkerProc, type Fixtures, type Proc } from './cluster.ts';
+import { prepareFixtures, startProc, startWorkerProc, workerIdOf, type Fixtures, type Proc } from './cluster.ts';
 import { freePort, startTestRedis, type TestRedis } from './redis-server.ts';
 
 const USERS = 20;
@@ -26,6 +26,8 @@ let workers: Proc[] = [];
 let events: Redis;
 /** Request key -> times a worker started it (job ids are `<request key>-<attempt>`). */
 const starts = new Map<string, number>();
+/** Called with each job start a worker announces. */
+let onStarted: (worker: string, job: string) => void = () => {};
 
 interface Reply {
   id: string;
@@ -67,8 +69,9 @@ beforeAll(async () => {
   events = new Redis(redis.url);
   await events.subscribe(KEYS.events);
   events.on('message', (_c: string, text: string) => {
-    const e = JSON.parse(text) as { t: string; job: string };
+    const e = JSON.parse(text) as { t: string; job: string; worker: string };
     if (e.t !== 'started') return;
+    onStarted(e.worker, e.job);
     const key = e.job.replace(/-\d+$/, '');
     starts.set(key, (starts.get(key) ?? 0) + 1);
   });
@@ -172,7 +175,17 @@ describe('gateway and workers as processes, end to end', () => {
     for (const m of messages) send(g, m);
     await waitUntil(() => replies.length >= 40, 60_000, 'the first answers');
     const victim = workers[1];
-    victim.kill('SIGKILL');
+    const victimId = workerIdOf(victim);
+    // The next job the victim starts is frozen at once and then killed: it dies mid-answer.
+    let caught: string | undefined;
+    onStarted = (worker, job) => {
+      if (worker !== victimId || caught) return;
+      caught = job;
+      victim.kill('SIGSTOP');
+      victim.kill('SIGKILL');
+    };
+    await victim.exited;
+    onStarted = () => {};
     await waitUntil(() => replies.length >= MESSAGES, 80_000, `all ${MESSAGES} answers (have ${replies.length})`);
     const seconds = (Date.now() - t0) / 1000;
     await new Promise((r) => setTimeout(r, 500));
@@ -191,10 +204,13 @@ describe('gateway and workers as processes, end to end', () => {
     // The victim held jobs when it died (the gateway keeps every worker's slots filled): they ran again elsewhere.
     const rerun = g.logs().filter((l) => l.msg === 'running the job again on another worker').length;
     expect(rerun).toBeGreaterThan(0);
+    // The caught job is almost always still running when the kill lands (it ran again elsewhere);
+    // remote-engine.test.ts holds a job mid-answer deterministically, so this one is only reported.
+    const caughtRanAgain = (starts.get(caught!.replace(/-\d+$/, '')) ?? 0) >= 2;
     expect(g.output()).not.toContain('e2e-redis-password');
     expect(metrics).toMatch(/fromage_remote_queue_depth \d+/);
     expect(metrics).toMatch(/fromage_worker_tokens_per_second\{worker="[^"]+",device="cpu"\} [\d.]+/);
     const twice = [...starts.values()].filter((n) => n > 1).length;
-    console.log(`e2e: ${MESSAGES} answers in ${seconds.toFixed(1)} s; a worker SIGKILLed after 40: ${rerun} jobs re-queued, ${twice} started on two workers, each answered once`);
+    console.log(`e2e: ${MESSAGES} answers in ${seconds.toFixed(1)} s; a worker SIGKILLed after 40 as it started a job (${caughtRanAgain ? 'which ran again elsewhere' : 'which it had finished'}): ${rerun} jobs re-queued, ${twice} started on two workers, each answered once`);
   }, 150_000);
 });

@@ -20,7 +20,7 @@ const metrics = createMetrics();
 const readiness = new Readiness();
 const http = config.HTTP_PORT === undefined ? undefined : await startHttp(config.HTTP_PORT, metrics.registry, readiness, '127.0.0.1');
 const engine = await openConfiguredEngine(config, logger, { yes: false });
-const serviceConfig = attachGateway(engine, { config, metrics, readiness });
+const serviceConfig = attachGateway(engine, { config, metrics, readiness, logger });
 
 const textOf = (r: Reply) => r.segments.map((s) => (s.type === 'text' ? s.text : `[${s.images.length} images]`)).join(' ');
 
