@@ -16,7 +16,7 @@ import { FromageEngine } from '../../src/model/engine.ts';
 import { attachment, BOT_USER, messagePayload } from '../discord/fake-discord/payloads.ts';
 import { CHANNEL_IDS, GUILD } from '../discord/harness.ts';
 import { eventEnvelope, postEvent } from '../slack/harness.ts';
-import { fixtureBundle, leakedSecrets, startSoakBot, until, type Seen, type SoakBot } from './harness.ts';
+import { fixtureBundle, secretLeaks, startSoakBot, until, type Seen, type SoakBot } from './harness.ts';
 import {
   animated,
   bomb,
@@ -239,6 +239,6 @@ describe('fuzz: hostile images', () => {
     expect(bot.crashes).toEqual([]);
     expect(mentionProblems(bot)).toEqual([]);
     expect((peak - rssStart) / 2 ** 20).toBeLessThan(RSS_GROWTH_BOUND_MB);
-    expect(leakedSecrets(bot.logLines.join('\n'))).toEqual([]);
+    expect(await secretLeaks(bot)).toEqual([]);
   }, 600_000);
 });

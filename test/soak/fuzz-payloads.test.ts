@@ -16,7 +16,7 @@ import { GUILD, CHANNEL_IDS } from '../discord/harness.ts';
 import { BOT_TOKEN } from '../slack/fake-slack.ts';
 import { eventEnvelope, postEvent, sign } from '../slack/harness.ts';
 import { FakeEngine } from '../support/fake-engine.ts';
-import { leakedSecrets, SECRETS, startSoakBot, until, type SoakBot } from './harness.ts';
+import { secretLeaks, SECRETS, startSoakBot, until, type SoakBot } from './harness.ts';
 import { mentionProblems } from './mentions.ts';
 import { printTable, SEED, SIZES } from './sizes.ts';
 import { deliver, FIXTURE_PNG, makePlaces } from './traffic.ts';
@@ -217,9 +217,19 @@ describe('fuzz: platform payloads', () => {
         ['unhandled rejections / exceptions (must be 0)', bot.crashes.length],
       ]);
     }
+    // Error paths that name the platform's answer in logs and replies: a revoked Slack token, a deleted Discord channel.
+    bot.slack.failures.set('chat.postMessage', 'invalid_auth');
+    const places2 = makePlaces(5);
+    const logsBefore = bot.logLines.length;
+    await deliver(bot, places2[2], 3, 'after the token was revoked');
+    bot.discord.deletedChannels.add(places2[4].channel);
+    await deliver(bot, places2[4], 3, 'in a deleted channel');
+    await until(() => bot.seen.filter((s) => /revoked|deleted channel/.test(s.message.text) && s.finished).length === 2, 10_000, () => 'the error-path messages were not handled');
+    await until(() => bot.logLines.slice(logsBefore).some((l) => /invalid_auth/.test(l)), 5_000, () => 'the revoked token was not logged');
+    bot.slack.failures.delete('chat.postMessage');
     expect(bot.crashes).toEqual([]);
     expect(foreignRequests.filter((r) => r.authorization?.includes(BOT_TOKEN) || r.authorization?.includes(SECRETS.DISCORD_TOKEN))).toEqual([]);
     expect(mentionProblems(bot)).toEqual([]);
-    expect(leakedSecrets(bot.logLines.join('\n'))).toEqual([]);
+    expect(await secretLeaks(bot)).toEqual([]);
   }, 600_000);
 });

@@ -12,7 +12,7 @@ import { BOT_USER, messagePayload } from '../discord/fake-discord/payloads.ts';
 import { CHANNEL_IDS, GUILD } from '../discord/harness.ts';
 import { eventEnvelope, postEvent } from '../slack/harness.ts';
 import { FakeEngine } from '../support/fake-engine.ts';
-import { leakedSecrets, startSoakBot, until, type Seen, type SoakBot } from './harness.ts';
+import { secretLeaks, startSoakBot, until, type Seen, type SoakBot } from './harness.ts';
 import { mentionChecks, mentionProblems } from './mentions.ts';
 import { printTable, SEED, SIZES } from './sizes.ts';
 import { discordUser } from './traffic.ts';
@@ -139,6 +139,6 @@ describe('fuzz: hostile text', () => {
     }
     expect(mentionProblems(bot)).toEqual([]);
     expect(bot.crashes).toEqual([]);
-    expect(leakedSecrets(bot.logLines.join('\n'))).toEqual([]);
+    expect(await secretLeaks(bot)).toEqual([]);
   }, 600_000);
 });

@@ -264,6 +264,24 @@ export function platformOutputs(bot: SoakBot): string[] {
   return [...discord, ...slack, ...responses];
 }
 
+/**
+ * Every place a configured secret could leak to: log lines, replies the service sent, what
+ * the platforms received (bodies, not the Authorization headers that must carry the tokens),
+ * and the /healthz and /metrics pages. Returns "where: NAME" for each leak.
+ */
+export async function secretLeaks(bot: SoakBot): Promise<string[]> {
+  const health = await fetch(`http://127.0.0.1:${bot.httpPort}/healthz`).then((r) => r.text());
+  const metrics = await fetch(`http://127.0.0.1:${bot.httpPort}/metrics`).then((r) => r.text());
+  const places: [string, string][] = [
+    ['logs', bot.logLines.join('\n')],
+    ['replies', bot.seen.flatMap((s) => s.replies.map((r) => r.text)).join('\n')],
+    ['platform posts', platformOutputs(bot).join('\n')],
+    ['/healthz', health],
+    ['/metrics', metrics],
+  ];
+  return places.flatMap(([where, text]) => leakedSecrets(text).map((name) => `${where}: ${name}`));
+}
+
 /** Percentile of a list of numbers (nearest rank). */
 export function percentile(values: readonly number[], p: number): number {
   if (values.length === 0) return 0;

@@ -16,7 +16,7 @@ import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { conversationId } from '../../src/conversation/key.ts';
 import { FromageEngine } from '../../src/model/engine.ts';
-import { fixtureBundle, ObservedEngine, percentile, startSoakBot, until, type Seen, type SoakBot } from './harness.ts';
+import { fixtureBundle, ObservedEngine, percentile, secretLeaks, startSoakBot, until, type Seen, type SoakBot } from './harness.ts';
 import { mentionProblems } from './mentions.ts';
 import { printTable, randomFrom, SEED, SIZES } from './sizes.ts';
 import { deliver, FIXTURE_PNG, makePlaces, type Place } from './traffic.ts';
@@ -198,6 +198,7 @@ describe('load', () => {
       const a = account(run);
       const rr = roundRobinViolations(run, engine);
       const mentions = mentionProblems(bot);
+      const leaks = await secretLeaks(bot);
       printTable('load', [
         ['messages', run.sent],
         ['answers', a.answers],
@@ -210,6 +211,8 @@ describe('load', () => {
         ['round-robin: worst overtakes beyond own queue', `${rr.worst} (bound ${BATCH + 1})`],
         ['peak RSS', `${run.peakRssMb.toFixed(0)} MB`],
         ['RSS before / after', `${run.rssBeforeMb.toFixed(0)} MB / ${run.rssAfterMb.toFixed(0)} MB (bound +${RSS_GROWTH_BOUND_MB} MB)`],
+        ['posts that could ping (must be 0)', mentions.length],
+        ['secrets in logs, replies, posts, /healthz, /metrics (must be 0)', leaks.length],
         ['wall time', `${run.wallS.toFixed(1)} s`],
       ]);
       expect(a.duplicates).toBe(0);
@@ -222,6 +225,7 @@ describe('load', () => {
       expect(mentions).toEqual([]);
       expect(run.rssAfterMb - run.rssBeforeMb).toBeLessThan(RSS_GROWTH_BOUND_MB);
       expect(bot.crashes).toEqual([]);
+      expect(leaks).toEqual([]);
     } finally {
       await bot.close();
     }
