@@ -79,9 +79,9 @@ export class FromageGraphs {
     this.headDim = m.head_dim;
   }
 
-  /** The same graphs, every decoder call of `decode` taken through `gate`. */
-  withGate(gate: DecoderGate): FromageGraphs {
-    return new FromageGraphs(this.bundle, { ...this.options, gate });
+  /** The same graphs, every decoder call of `decode` taken through `gate` (and chunked at `prefillChunk`, if given). */
+  withGate(gate: DecoderGate, prefillChunk = this.prefillChunk): FromageGraphs {
+    return new FromageGraphs(this.bundle, { ...this.options, gate, prefillChunk });
   }
 
   get nVisualTokens(): number {

@@ -1,16 +1,17 @@
 /**
  * Continuous batching: up to `maxRows` answers decode together, one decoder call per step for
- * all of them (each row at its own position, with its own mask), which costs little more than
- * one answer's step because a step is bound by reading the weights.
+ * all of them (each row at its own position, with its own mask). A step for several rows reads
+ * the weights once, so it costs less than that many single steps (docs/runtime.md "Batched
+ * decoding" has the figures).
  *
  * A new job first prefills its prompt into a cache of its own (src/model's single-sequence
- * path, after copying in the longest kept prefix when a KvStore is given), chunk by chunk; each
- * chunk takes its turn at the decoder gate between two steps, so rows already answering keep
- * streaming. Then it joins the pool (one copy of its prompt's cache) and decodes with the
- * others. A finished row is copied out and freed at once; the copy is offered to the store in
- * the background (a later prompt's match waits for it); a cancelled row is dropped before the
- * next step. Everything that calls the decoder goes
- * through the gate in arrival order, so no two decoder calls overlap.
+ * path, after copying in the longest kept prefix when a KvStore is given), in chunks of
+ * BATCH_PREFILL_CHUNK positions; each chunk takes its turn at the decoder gate between two
+ * steps, so rows already answering keep streaming. Then it joins the pool (one copy of its
+ * prompt's cache) and decodes with the others. A finished row is copied out and freed at once;
+ * the copy is offered to the store in the background (a later prompt's match waits for it); a
+ * cancelled row is dropped before the next step. Every decoder call goes through the gate in
+ * arrival order, so no two overlap.
  */
 import { checkContext, type GenerateCallbacks, type GenerateSettings, type Generated, type TokenGenerator } from '../model/generate.ts';
 import { CancelledError, throwIfAborted } from '../model/errors.ts';
@@ -20,6 +21,13 @@ import type { AssembledPrompt } from '../model/prompt.ts';
 import type { KvReader, KvStore, PositionKey } from './kv-types.ts';
 import { Sequence } from './sequence.ts';
 import { SlotPool } from './slot-pool.ts';
+
+/**
+ * Positions per prefill call while other rows may be answering: each chunk holds up their next
+ * step, and a 256-position chunk of the 6.7B shape takes ~18 s on a 2-core machine. Prefill
+ * throughput is the same with 64 (bench:batch, docs/runtime.md "Batched decoding").
+ */
+export const BATCH_PREFILL_CHUNK = 64;
 
 export interface BatcherOptions {
   /** The bundle's graphs (ungated); the batcher gates them itself. */
@@ -31,6 +39,8 @@ export interface BatcherOptions {
   readonly store?: KvStore;
   /** Failures of the store (which only cost speed) are reported here. */
   readonly warn?: (message: string) => void;
+  /** Default BATCH_PREFILL_CHUNK. */
+  readonly prefillChunk?: number;
 }
 
 export interface BatcherStats {
@@ -130,7 +140,7 @@ export class Batcher {
 
   constructor(private readonly o: BatcherOptions) {
     this.raw = o.graphs;
-    this.graphs = o.graphs.withGate(this.gate.run);
+    this.graphs = o.graphs.withGate(this.gate.run, o.prefillChunk ?? BATCH_PREFILL_CHUNK);
     const cache = o.graphs.emptyCache();
     this.pool = new SlotPool(cache.shape, o.maxRows);
     this.admission = new Admission(o.maxRows);

@@ -65,8 +65,7 @@ describe('Batcher (vis1 fixture bundle)', () => {
   });
 
   it('a long prefill runs in chunks between the steps of a row already answering', async () => {
-    const chunked = new FromageGraphs(bundle, { prefillChunk: 8 });
-    const batcher = new Batcher({ graphs: chunked, maxRows: 2, maxPositions: s.maxPositions });
+    const batcher = new Batcher({ graphs, maxRows: 2, maxPositions: s.maxPositions, prefillChunk: 8 });
     const first = await idsPrompt(20, 41);
     const second = await idsPrompt(100, 29);
     const events: string[] = [];
