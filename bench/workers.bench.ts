@@ -10,7 +10,7 @@
  * in the same run. One worker per core at most is meaningful: the figures print the cores.
  *
  *   npm run bench:workers -- [--bundle DIR] [--weights int4|fp32] [--work DIR] [--jobs 24]
- *                            [--answer 16] [--workers 1,2,3] [--batch 1]
+ *                            [--answer 16] [--workers 1,2,3] [--batch 1] [--words 24 (per prompt)]
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -40,10 +40,10 @@ const pct = (xs: number[], p: number) => {
   return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] : Number.NaN;
 };
 
-function prompts(n: number, seed: number): string[] {
+function prompts(n: number, seed: number, length: number): string[] {
   const next = xorshift32(seed);
   return Array.from({ length: n }, (_, i) => {
-    const words = Array.from({ length: 24 }, () => SYNTHETIC_WORDS[Math.floor(next() * SYNTHETIC_WORDS.length)]);
+    const words = Array.from({ length }, () => SYNTHETIC_WORDS[Math.floor(next() * SYNTHETIC_WORDS.length)]);
     return `Q: ${i} ${words.join(' ')}?\nA:`;
   });
 }
@@ -110,6 +110,7 @@ async function main(): Promise<void> {
       answer: { type: 'string', default: '16' },
       workers: { type: 'string', default: '1,2,3' },
       batch: { type: 'string', default: '1' },
+      words: { type: 'string', default: '24' },
     },
   });
   if (values.weights !== 'int4' && values.weights !== 'fp32') throw new Error('--weights must be int4 or fp32');
@@ -125,7 +126,7 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   try {
     for (const n of counts) {
-      const row = await measure(bundle, runDir, redis.url, n, batch, prompts(Number(values.jobs), 1000 + n), answer);
+      const row = await measure(bundle, runDir, redis.url, n, batch, prompts(Number(values.jobs), 1000 + n, Number(values.words)), answer);
       rows.push(row);
       out(
         `  ${n} worker${n > 1 ? 's' : ' '}: ${(row.answers / row.seconds).toFixed(2)} answers/s, ${(row.tokens / row.seconds).toFixed(1)} tokens/s ` +
