@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openBundle, type Bundle } from '../../src/model/bundle.ts';
 import { CancelledError } from '../../src/model/errors.ts';
-import { generateTokens, type GenerateSettings, type Generated } from '../../src/model/generate.ts';
+import { generateTokens, promptEmbeddings, type GenerateSettings, type Generated } from '../../src/model/generate.ts';
+import { logLikelihood } from '../../src/model/loglik.ts';
 import { FromageGraphs } from '../../src/model/graphs.ts';
 import { assemblePrompt, type AssembledPrompt } from '../../src/model/prompt.ts';
 import { Batcher } from '../../src/serving/batcher.ts';
@@ -150,5 +151,18 @@ describe('Batcher (vis1 fixture bundle)', () => {
     // The cache is handed to the store in the background; close waits for it.
     await batcher.close();
     expect(warnings.join('\n')).toMatch(/not reused \(disk gone\)[\s\S]*could not keep a KV cache \(disk full\)/);
+  });
+
+  it('log-likelihood and prompt embeddings take turns with the rows answering and score as alone', async () => {
+    const batcher = new Batcher({ graphs, maxRows: 2, maxPositions: s.maxPositions, prefillChunk: 8 });
+    const p = await idsPrompt(30, 13);
+    const pieces = [{ kind: 'text' as const, text: 'a photo of a red circle and a dog in the sky' }];
+    const wantLl = await logLikelihood(graphs, bundle.tokenizer, pieces, s.maxPositions);
+    const wantEmb = await promptEmbeddings(graphs, p, s.maxPositions);
+    const answer = batcher.generate(p, { ...s, numWords: 30 }, {});
+    const [ll, emb, g] = await Promise.all([logLikelihood(batcher.graphs, bundle.tokenizer, pieces, s.maxPositions), promptEmbeddings(batcher.graphs, p, s.maxPositions), answer]);
+    expect(Math.abs(ll - wantLl)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(emb, wantEmb)).toBeLessThan(1e-5);
+    expect(g.ids).toEqual((await generateTokens(graphs, p, { ...s, numWords: 30 })).ids);
   });
 });
