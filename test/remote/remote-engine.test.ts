@@ -180,6 +180,28 @@ describe('remote engine (gateway) with fromage worker processes', () => {
     workers = workers.filter((w) => w !== other);
   }, 60_000);
 
+  it('a worker stopped with SIGTERM finishes its running answer first; nothing runs twice', async () => {
+    await clearImageCaches();
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    f.images.onRequest = () => held;
+    started.length = 0;
+    const fetches = f.images.requests.length;
+    const answer = engine.retrieve('a lighthouse at dusk', 1);
+    await waitUntil(() => started.length === 1 && f.images.requests.length > fetches);
+    const stopping = workers.find((p) => workerIdOf(p) === started[0].worker)!;
+    stopping.kill('SIGTERM');
+    await waitUntil(() => (engine.health().workers as { id: string; state: string }[]).some((w) => w.id === started[0].worker && w.state === 'stopping'));
+    release();
+    f.images.onRequest = () => {};
+    expect((await answer).length).toBe(1);
+    expect(await stopping.exited).toBe(0);
+    expect(started.length).toBe(1);
+    workers = workers.filter((w) => w !== stopping);
+    workers.push(await startWorkerProc(f, work, redis.url, { name: 'd', batch: 2 }));
+    await waitUntil(() => engine.capacity() === 4);
+  }, 60_000);
+
   it('keeps the Redis password out of logs and /healthz', () => {
     expect(JSON.stringify(engine.health())).not.toContain(PASSWORD);
     expect(JSON.stringify(engine.health())).toContain(':***@127.0.0.1');
