@@ -51,7 +51,15 @@ const jobBase = {
 };
 
 export const jobSchema = z.discriminatedUnion('kind', [
-  z.object({ ...jobBase, kind: z.literal('chat'), prompt: z.array(promptItem).max(4096), settings }),
+  z.object({
+    ...jobBase,
+    kind: z.literal('chat'),
+    prompt: z
+      .array(promptItem)
+      .max(4096)
+      .refine((items) => items.reduce((n, p) => n + (p.type === 'text' ? p.text.length : p.data.length), 0) <= MAX_JOB_BYTES, `a job holds at most ${MAX_JOB_BYTES} bytes`),
+    settings,
+  }),
   z.object({ ...jobBase, kind: z.literal('retrieve'), query: z.string().min(1).max(MAX_TEXT), count: z.number().int().min(1).max(MAX_REPLY_IMAGES) }),
 ]);
 export type JobPayload = z.infer<typeof jobSchema>;

@@ -23,7 +23,7 @@ import { Tokenizer } from '../model/tokenizer/tokenizer.ts';
 import { SchedulerRejection } from '../queue/scheduler.ts';
 import { connectOrExplain, newClient } from './connect.ts';
 import { KEYS, PREFIX, workerQueue } from './keys.ts';
-import { affinityKey, decodeChatResult, epochMs, decodeImages, encodePrompt, encodeSettings, eventSchema, PROTOCOL_VERSION, requestKey, resultSchema, type JobPayload, type JobResult } from './protocol.ts';
+import { affinityKey, decodeChatResult, epochMs, MAX_IMAGE_BYTES, MAX_JOB_BYTES, decodeImages, encodePrompt, encodeSettings, eventSchema, PROTOCOL_VERSION, requestKey, resultSchema, type JobPayload, type JobResult } from './protocol.ts';
 import type { RedisTarget } from './redis-url.ts';
 import { WorkerRegistry, type WorkerView } from './worker-registry.ts';
 
@@ -215,6 +215,7 @@ export class RemoteEngine implements Engine {
   }
 
   async chat(prompt: readonly PromptItem[], settings: GenerationSettings, options: RunOptions = {}): Promise<ChatResult> {
+    checkJobSize(prompt);
     const payload: JobPayload = { v: PROTOCOL_VERSION, bundleId: this.bundle.id, deadline: Date.now() + this.o.jobTimeoutMs, kind: 'chat', prompt: encodePrompt(prompt), settings: encodeSettings(settings) };
     const r = await this.submit(payload, affinityKey(prompt), options);
     if (r.kind !== 'chat') throw new Error('a model worker answered a chat job with the wrong result');
@@ -547,6 +548,21 @@ export class RemoteEngine implements Engine {
     await Promise.allSettled([...this.queues.values()].map((q) => q.close()));
     await Promise.allSettled([this.sub.quit(), this.cmd.quit()]);
   }
+}
+
+/** Redis carries each job whole: a conversation whose images outgrow the bounds is told so, not sent. */
+function checkJobSize(prompt: readonly PromptItem[]): void {
+  let bytes = 0;
+  for (const p of prompt) {
+    if (p.type === 'text') bytes += Buffer.byteLength(p.text);
+    else {
+      if (p.image.data.length > MAX_IMAGE_BYTES)
+        throw new EngineInputError(`An image in this conversation is ${(p.image.data.length / 2 ** 20).toFixed(1)} MiB, more than the ${MAX_IMAGE_BYTES / 2 ** 20} MiB a model worker accepts; send a smaller one, or say reset to start afresh.`);
+      bytes += Math.ceil(p.image.data.length / 3) * 4;
+    }
+  }
+  if (bytes > MAX_JOB_BYTES)
+    throw new EngineInputError(`This conversation's images add up to ${(bytes / 2 ** 20).toFixed(0)} MiB, more than the ${MAX_JOB_BYTES / 2 ** 20} MiB a job to a model worker may hold; say reset to start afresh.`);
 }
 
 function parseRef(text: string): { worker: string; jobId: string; attempt: number } | undefined {

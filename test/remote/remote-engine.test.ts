@@ -12,7 +12,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_SETTINGS } from '../../src/conversation/types.ts';
 import { openEngine } from '../../src/model/engine.ts';
-import type { PromptItem } from '../../src/model/engine-api.ts';
+import { EngineInputError, type PromptItem } from '../../src/model/engine-api.ts';
 import { SchedulerRejection } from '../../src/queue/scheduler.ts';
 import { PREFIX, workerQueue } from '../../src/remote/keys.ts';
 import { parseRedisUrl } from '../../src/remote/redis-url.ts';
@@ -84,6 +84,13 @@ describe('remote engine (gateway) with fromage worker processes', () => {
     } finally {
       await local.close();
     }
+  });
+
+  it('tells the user when a conversation holds more image bytes than a job may carry', async () => {
+    const big = Buffer.alloc(17 * 2 ** 20, 1);
+    const prompt: PromptItem[] = [{ type: 'image', image: { hash: 'a'.repeat(64), data: big } }, ...textPrompt('and this?')];
+    await expect(engine.chat(prompt, settings)).rejects.toThrow(EngineInputError);
+    await expect(engine.chat(prompt, settings)).rejects.toThrow(/An image in this conversation is 17\.0 MiB, more than the 16 MiB a model worker accepts/);
   });
 
   it('returns retrieved images through Redis', async () => {
