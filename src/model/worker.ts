@@ -12,7 +12,7 @@ import { FromageRuntime, type RuntimeItem } from './runtime.ts';
 import { segments, wireImages } from './reply-segments.ts';
 import type { FromWorker, JobItem, JobRequest, JobResult, ToWorker, WireError, WorkerInit } from './worker-protocol.ts';
 import type { KvStore } from '../serving/kv-types.ts';
-import { kvStoreSetup } from '../serving/kv-config.ts';
+import { kvBundleInfo, kvStoreSetup } from '../serving/kv-config.ts';
 import { createKvStore, DEFAULT_KV_CODEC } from '../serving/prefix-store.ts';
 
 const port = parentPort;
@@ -37,7 +37,8 @@ function openStore(init: WorkerInit, runtime: FromageRuntime): KvStore | undefin
   const dir = init.kvDir ?? '';
   const { options, description } = kvStoreSetup(
     { FROMAGE_KV_CACHE_MB: init.kvCacheMb, FROMAGE_KV_DISK_MB: init.kvDir ? (init.kvDiskMb ?? 0) : 0, FROMAGE_KV_CODEC: init.kvCodec ?? DEFAULT_KV_CODEC, FROMAGE_DATA_DIR: dirname(dir) },
-    { id: m.id, shape: { layers: m.model.num_layers, heads: m.model.num_heads, headDim: m.model.head_dim }, maxPositions: m.model.max_positions },
+    // The memory default leaves out the model's own weights.
+    kvBundleInfo(m, init.bundleDir),
   );
   // kv-config names the spill directory `<data dir>/kv`; the worker is given it whole.
   const spill = options.spill && init.kvDir ? { ...options.spill, dir: init.kvDir } : undefined;

@@ -1,6 +1,7 @@
 /** Prometheus metrics (prom-client), one registry per service so tests stay isolated. */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { SchedulerObserver } from '../queue/scheduler.ts';
+import type { ServingStats } from '../model/worker-protocol.ts';
 
 export interface ServiceMetrics {
   readonly registry: Registry;
@@ -8,6 +9,48 @@ export interface ServiceMetrics {
   countTokens(tokens: number, seconds: number): void;
   countError(kind: string): void;
   countMessage(platform: string, intent: string): void;
+  /** Reads the engine's batch and kept-cache counters at each scrape (the in-process engine has them). */
+  watchServing(read: () => Promise<ServingStats | undefined>): void;
+}
+
+/**
+ * Serving counters are owned by the model worker and restart with it, so they are exported as
+ * gauges read at scrape time rather than as counters this process increments.
+ */
+function servingGauges(registry: Registry, read: () => Promise<ServingStats | undefined>): void {
+  const fields: [string, string, (s: ServingStats) => number | undefined][] = [
+    ['fromage_batch_rows', 'Conversations decoding in the batch now', (s) => s.batch.rows],
+    ['fromage_batch_rows_max', 'Rows the batch holds (FROMAGE_BATCH)', (s) => s.batch.maxRows],
+    ['fromage_batch_waiting', 'Jobs waiting for a batch row', (s) => s.batch.waiting],
+    ['fromage_batch_occupancy', 'Mean rows per decoder step since the model worker started', (s) => (s.batch.steps > 0 ? s.batch.rowSteps / s.batch.steps : 0)],
+    ['fromage_kv_reused_positions', 'Prompt positions taken from kept caches since the model worker started', (s) => s.kv?.reusedPositions],
+    ['fromage_kv_prefilled_positions', 'Prompt positions prefilled since the model worker started', (s) => s.kv?.prefilledPositions],
+    ['fromage_kv_evictions', 'Kept caches evicted from memory since the model worker started', (s) => s.kv?.evictions],
+    ['fromage_kv_spill_writes', 'Kept caches written to the disk spill since the model worker started', (s) => s.kv?.spillWrites],
+    ['fromage_kv_spill_reads', 'Kept caches read back from the disk spill since the model worker started', (s) => s.kv?.spillReads],
+    ['fromage_kv_bytes', 'Memory held by kept caches', (s) => s.kv?.bytes],
+    ['fromage_kv_budget_bytes', 'Memory budget for kept caches (FROMAGE_KV_CACHE_MB)', (s) => s.kv?.budgetBytes],
+  ];
+  // One read per scrape, shared by every gauge.
+  let pending: Promise<ServingStats | undefined> | undefined;
+  const snapshot = (): Promise<ServingStats | undefined> => {
+    pending ??= read()
+      .catch(() => undefined)
+      .finally(() => setImmediate(() => (pending = undefined)));
+    return pending;
+  };
+  for (const [name, help, pick] of fields) {
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      async collect() {
+        const s = await snapshot();
+        const v = s ? pick(s) : undefined;
+        if (v !== undefined) this.set(v);
+      },
+    });
+  }
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): ServiceMetrics {
@@ -48,5 +91,6 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Servi
     },
     countError: (kind) => errors.inc({ kind }),
     countMessage: (platform, intent) => messages.inc({ platform, intent }),
+    watchServing: (read) => servingGauges(registry, read),
   };
 }

@@ -13,6 +13,7 @@ import { Scheduler } from '../queue/scheduler.ts';
 import { createMessageHandler } from './handler.ts';
 import { Readiness, startHttp } from './http.ts';
 import { createMetrics, type ServiceMetrics } from './metrics.ts';
+import type { ServingStats } from '../model/worker-protocol.ts';
 
 export interface ServiceOptions {
   readonly config: Config;
@@ -45,6 +46,10 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
   const http =
     options.early?.http ?? (config.HTTP_PORT === undefined ? undefined : await startHttp(config.HTTP_PORT, metrics.registry, readiness));
   const closeHttp = () => new Promise<void>((r) => (http ? http.close(() => r()) : r()));
+  if ('servingStats' in engine && typeof engine.servingStats === 'function') {
+    const source = engine as { servingStats(): Promise<ServingStats | undefined> };
+    metrics.watchServing(() => source.servingStats());
+  }
   const history = options.history ?? new SqliteHistoryStore(join(config.FROMAGE_DATA_DIR, 'history.sqlite'), { maxTurns: config.FROMAGE_HISTORY_TURNS });
   const scheduler = new Scheduler(
     {
