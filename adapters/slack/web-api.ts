@@ -44,21 +44,30 @@ export function createWebClient(token: string, options: WebClientOptions): WebCl
   return new slackWebApi.WebClient(token, options);
 }
 
+/**
+ * Lone UTF-16 surrogates (a user can type one; the answer may repeat it) replaced by U+FFFD: the
+ * Web API client form-encodes its arguments, and encodeURIComponent throws on them, so the whole
+ * answer failed to post.
+ */
+export function wellFormed(text: string): string {
+  return text.replace(/\p{Cs}/gu, '\uFFFD');
+}
+
 export function webApi(client: WebClient): SlackApi {
   return {
     async post(to, text) {
-      const res = await client.chat.postMessage({ channel: to.channel, thread_ts: to.threadTs, text, unfurl_links: false, unfurl_media: false });
+      const res = await client.chat.postMessage({ channel: to.channel, thread_ts: to.threadTs, text: wellFormed(text), unfurl_links: false, unfurl_media: false });
       if (!res.ts) throw new Error('chat.postMessage returned no ts');
       return res.ts;
     },
     async update(channel, ts, text) {
-      await client.chat.update({ channel, ts, text });
+      await client.chat.update({ channel, ts, text: wellFormed(text) });
     },
     async remove(channel, ts) {
       await client.chat.delete({ channel, ts });
     },
     async upload(to, images) {
-      const file_uploads = images.map((image) => ({ file: image.data, filename: image.filename, title: image.filename, alt_text: altText(image) }));
+      const file_uploads = images.map((image) => ({ file: image.data, filename: wellFormed(image.filename), title: wellFormed(image.filename), alt_text: wellFormed(altText(image)) }));
       if (to.threadTs) await client.filesUploadV2({ channel_id: to.channel, thread_ts: to.threadTs, file_uploads });
       else await client.filesUploadV2({ channel_id: to.channel, file_uploads });
     },

@@ -39,6 +39,8 @@ const tagOf = (text: string) => /\bmsg(\d+)\b/.exec(text)?.[1];
 
 interface RunFigures {
   sent: number;
+  /** Slack events delivered twice (a retry with the same event_id). */
+  redelivered: number;
   seen: Seen[];
   peakRssMb: number;
   rssBeforeMb: number;
@@ -64,6 +66,8 @@ async function runTraffic(bot: SoakBot, seed: number, during?: (sentSoFar: numbe
   const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 50);
   const started = performance.now();
   let sent = 0;
+  let redelivered = 0;
+  const sentTo = new Map<string, string>();
   const first = bot.seen.length;
   try {
     while (sent < total) {
@@ -77,7 +81,11 @@ async function runTraffic(bot: SoakBot, seed: number, during?: (sentSoFar: numbe
         for (let k = 0; k < n && sent < total; k++) {
           const tag = sent++;
           const image = random() < 0.1 ? { name: `photo${tag}.png`, data: FIXTURE_PNG, contentType: 'image/png' } : undefined;
-          burst.push(deliver(bot, place, user, `msg${tag} what is this?`, image));
+          // Slack redelivers some events (at-least-once): they must still be answered once.
+          const redeliver = place.platform === 'slack' && random() < 0.1;
+          if (redeliver) redelivered++;
+          sentTo.set(String(tag), `${place.platform} ${place.kind}`);
+          burst.push(deliver(bot, place, user, `msg${tag} what is this?`, image, redeliver));
         }
       }
       await Promise.all(burst);
@@ -87,7 +95,11 @@ async function runTraffic(bot: SoakBot, seed: number, during?: (sentSoFar: numbe
     await until(
       () => bot.seen.length - first >= sent && bot.seen.slice(first).every((s) => s.finished),
       120_000,
-      () => `${bot.seen.length - first} of ${sent} messages reached the service; ${bot.seen.slice(first).filter((s) => !s.finished).length} unfinished`,
+      () => {
+        const arrived = new Set(bot.seen.slice(first).map((s) => tagOf(s.message.text)));
+        const missing = [...sentTo.entries()].filter(([tag]) => !arrived.has(tag)).map(([tag, where]) => `msg${tag} (${where})`);
+        return `${bot.seen.length - first} of ${sent} messages reached the service; ${bot.seen.slice(first).filter((s) => !s.finished).length} unfinished; missing: ${missing.slice(0, 20).join(', ')}`;
+      },
     );
     // The adapters' last platform calls (a status message turned into the answer) settle.
     await new Promise((r) => setTimeout(r, 300));
@@ -96,6 +108,7 @@ async function runTraffic(bot: SoakBot, seed: number, during?: (sentSoFar: numbe
   }
   return {
     sent,
+    redelivered,
     seen: bot.seen.slice(first),
     peakRssMb: peak / 2 ** 20,
     rssBeforeMb: rssBefore / 2 ** 20,
@@ -201,6 +214,7 @@ describe('load', () => {
       const leaks = await secretLeaks(bot);
       printTable('load', [
         ['messages', run.sent],
+        ['Slack redeliveries (same event_id)', run.redelivered],
         ['answers', a.answers],
         ['refusals (with retry time)', `${a.refusals} (${a.refusals - a.refusalsWithoutRetryTime})`],
         ['failures', a.failures],

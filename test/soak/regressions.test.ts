@@ -7,7 +7,9 @@
  * - a Discord command with a required option missing (or of another type) was never answered
  *   (discord.js threw while reading it; Discord showed "the application did not respond");
  * - a signed Slack event that Bolt itself cannot read (`channel: null`) was answered 500, which
- *   Slack retries, failing each time.
+ *   Slack retries, failing each time;
+ * - a Slack answer holding a lone UTF-16 surrogate (a user typed one; the answer repeats it)
+ *   failed to post at all (the Web API client's form encoding throws on it).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -123,6 +125,24 @@ describe('platform payloads the adapters must answer', () => {
       expect(h.received).toHaveLength(0);
     } finally {
       await h.close();
+    }
+  });
+
+  it('Slack: an answer with a lone surrogate is posted (as U+FFFD), not lost', async () => {
+    const fake = new FakeSlack();
+    await fake.start();
+    const failures: unknown[] = [];
+    const adapter = await startHttpAdapter(fake, async (m, r) => {
+      await r.send({ kind: 'answer', segments: [{ type: 'text', text: `You said: ${m.text}` }] }).catch((e: unknown) => failures.push(e));
+    });
+    try {
+      await postEvent(adapter.httpPort ?? 0, eventEnvelope({ type: 'app_mention', user: 'U1', text: '<@UBOT> odd \ud800 text', channel: 'C7', ts: '9.1', event_ts: '9.1' }));
+      await eventually(() => fake.messages.some((m) => m.channel === 'C7') || failures.length > 0);
+      expect(failures).toEqual([]);
+      expect(fake.messages.find((m) => m.channel === 'C7')?.text).toBe('You said: odd \ufffd text');
+    } finally {
+      await adapter.stop();
+      await fake.stop();
     }
   });
 

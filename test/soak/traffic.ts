@@ -50,7 +50,15 @@ export function makePlaces(count: number): Place[] {
 let slackTs = 1_700_000_000;
 
 /** Sends `text` (with an image when asked) from user `user` in `place`, as the platform would. */
-export async function deliver(bot: SoakBot, place: Place, user: number, text: string, image?: { name: string; data: Buffer; contentType: string }): Promise<void> {
+export async function deliver(
+  bot: SoakBot,
+  place: Place,
+  user: number,
+  text: string,
+  image?: { name: string; data: Buffer; contentType: string },
+  /** Slack only: deliver the same event again, as Slack does when it thinks the first was not acknowledged. */
+  redeliver = false,
+): Promise<void> {
   if (place.platform === 'discord') {
     const author = discordUser(user);
     const attachments = image ? [attachment(bot.discord.addCdnFile(image.name, image.data, image.contentType), image.name, image.data.length, image.contentType)] : [];
@@ -67,9 +75,14 @@ export async function deliver(bot: SoakBot, place: Place, user: number, text: st
     place.kind === 'dm'
       ? { type: 'message', channel_type: 'im', channel: place.channel, user: slackUser(user), text, ts, event_ts: ts, ...(files ? { files, subtype: 'file_share' } : {}) }
       : { type: 'app_mention', channel: place.channel, user: slackUser(user), text: `<@UBOT> ${text}`, ts, event_ts: ts, thread_ts: place.thread, team: 'T1', ...(files ? { files } : {}) };
-  const res = await postEvent(bot.slackAdapter.httpPort ?? 0, eventEnvelope(event));
+  const envelope = eventEnvelope(event);
+  const res = await postEvent(bot.slackAdapter.httpPort ?? 0, envelope);
   await res.arrayBuffer();
   if (res.status !== 200) throw new Error(`Slack's request was refused: ${res.status}`);
+  if (redeliver) {
+    const again = await postEvent(bot.slackAdapter.httpPort ?? 0, envelope, { headers: { 'x-slack-retry-num': '1', 'x-slack-retry-reason': 'http_timeout' } });
+    await again.arrayBuffer();
+  }
 }
 
 export function slackFile(bot: SoakBot, id: string, image: { name: string; data: Buffer; contentType: string }): Record<string, unknown> {
