@@ -47,17 +47,17 @@ export function registerIndexCommands(program: Command): void {
   index
     .command('build')
     .description("embed your own images with the bundle's vision graph into an index (resumable)")
-    .requiredOption('--bundle <dir>', 'model bundle (fromage.json, vision.onnx)')
+    .option('--bundle <dir>', 'model bundle (fromage.json, vision.onnx) (default: FROMAGE_BUNDLE)')
     .requiredOption('--images <path>', 'a folder of images, or a text file with one image URL per line')
     .requiredOption('--out <dir>', 'index directory to write (an interrupted build resumes here)')
     .option('--base-url <url>', 'for a folder: the public URL it is served under (default: file:// URLs, served from disk)')
     .option('--batch <n>', 'images per vision batch', int, 8)
-    .action(async (o: { bundle: string; images: string; out: string; baseUrl?: string; batch: number }) => {
+    .action(async (o: { bundle?: string; images: string; out: string; baseUrl?: string; batch: number }) => {
       const { buildGallery } = await import('./build-gallery.ts');
       const { loadConfig } = await import('../config.ts');
       const config = loadConfig();
       const r = await buildGallery({
-        bundle: o.bundle,
+        bundle: o.bundle ?? config.FROMAGE_BUNDLE,
         images: o.images,
         out: o.out,
         baseUrl: o.baseUrl,

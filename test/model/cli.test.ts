@@ -258,6 +258,17 @@ describe('.env in the working folder', () => {
     expect(out.stdout).toContain(id);
   });
 
+  it('fromage index build without --bundle embeds with FROMAGE_BUNDLE, and the gallery it writes is searched from .env', async () => {
+    const cwd = await dotenvDir('env-build', { FROMAGE_BUNDLE: bundle, FROMAGE_INDEX: 'built' });
+    const build = await fromage(['index', 'build', '--images', gallery, '--out', 'built'], {}, cwd);
+    expect(build.stderr).not.toContain('error');
+    expect(build.code).toBe(0);
+    expect(build.stdout).toContain('7 rows');
+    const found = await fromage(['retrieve', 'a picture'], {}, cwd);
+    expect(found.code).toBe(0);
+    expect(found.stdout).toContain('file://');
+  });
+
   it("fromage index import records FROMAGE_BUNDLE's logit_scale, warns about unfetchable URLs, and keeps an existing --out", async () => {
     const cwd = await dotenvDir('env-import', { FROMAGE_BUNDLE: bundle });
     const out = join(tmp, 'imported');
