@@ -1,4 +1,5 @@
 /** The JSON `fromage generate --json` and `fromage retrieve --json` print (a stable contract). */
+import { showControlCharacters } from '../conversation/text.ts';
 import type { FromageResult } from './fromage.ts';
 
 export interface CliImage {
@@ -21,9 +22,14 @@ export function toCliResult(r: FromageResult): CliResult {
   };
 }
 
-/** Plain-text rendering for a terminal. */
+/**
+ * Plain-text rendering for a terminal. Model text and index URLs are untrusted: their control
+ * characters are shown, never sent (an ESC sequence would rewrite the user's terminal).
+ */
 export function toText(r: FromageResult): string {
-  return r.outputs
-    .map((o) => (o.kind === 'text' ? o.text : o.images.map((i) => `  [image row ${i.row}, score ${i.score.toFixed(3)}] ${i.url}`).join('\n') || '  [no image found]'))
-    .join('\n');
+  return showControlCharacters(
+    r.outputs
+      .map((o) => (o.kind === 'text' ? o.text : o.images.map((i) => `  [image row ${i.row}, score ${i.score.toFixed(3)}] ${i.url}`).join('\n') || '  [no image found]'))
+      .join('\n'),
+  );
 }
