@@ -146,7 +146,10 @@ function observedAdapter(adapter: Adapter, observe: (m: IncomingMessage, r: Resp
 
 export async function startSoakBot(options: SoakBotOptions): Promise<SoakBot> {
   const dataDir = await mkdtemp(join(tmpdir(), 'fromage-soak-'));
-  const discord = createFake();
+  // Heartbeats every 5 s: under a CPU-starved run, discord.js would otherwise take a late
+  // heartbeat ACK for a dead connection and resume, and this fake does not replay what it
+  // dispatched meanwhile (Discord does), which would lose messages the bot never saw.
+  const discord = createFake({ heartbeatIntervalMs: 5_000 });
   await discord.start();
   const slack = new FakeSlack();
   await slack.start();
