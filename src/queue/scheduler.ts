@@ -120,15 +120,34 @@ export class Scheduler {
   private nextId = 1;
   private readonly estimate: RunEstimate;
   private accepting = true;
+  /** Jobs run at once; changes when the engine's capacity does (model workers come and go). */
+  private concurrency: number;
 
   constructor(
     private readonly options: SchedulerOptions,
     private readonly observer: SchedulerObserver = {},
   ) {
+    this.concurrency = options.concurrency;
     this.executor = new PQueue({ concurrency: options.concurrency });
     this.now = options.now ?? Date.now;
     this.buckets = new TokenBuckets(options.userRatePerMinute, options.userBurst, this.now);
     this.estimate = new RunEstimate(options.initialRunEstimateMs ?? 10_000);
+  }
+
+  /**
+   * Runs up to `slots` jobs at once from now on (at least 1): more start at once when it grows;
+   * when it shrinks, running jobs finish and fewer start. Waiting jobs' ETAs follow.
+   */
+  setConcurrency(slots: number): void {
+    const next = Math.max(1, Math.floor(slots));
+    if (next === this.concurrency) return;
+    this.concurrency = next;
+    this.executor.concurrency = next;
+    this.pump();
+  }
+
+  get slots(): number {
+    return this.concurrency;
   }
 
   stats(): SchedulerStats {
@@ -150,7 +169,7 @@ export class Scheduler {
    */
   private waitPlan(count: number): number[] {
     const now = this.now();
-    const slots = Array.from({ length: this.options.concurrency }, () => 0);
+    const slots = Array.from({ length: this.concurrency }, () => 0);
     const conversationDone = new Map<string, number>();
     let i = 0;
     for (const job of this.inFlight) {
@@ -311,7 +330,7 @@ export class Scheduler {
 
   /** Starts eligible jobs while slots are free, then tells waiting jobs where they stand. */
   private pump(): void {
-    while (this.running < this.options.concurrency) {
+    while (this.running < this.concurrency) {
       const job = this.pickNext();
       if (!job) break;
       this.start(job);

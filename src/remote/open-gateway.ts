@@ -26,24 +26,24 @@ export async function openRemoteEngine(config: Config, logger: Logger): Promise<
 }
 
 /**
- * Workers on /healthz and /metrics; the configuration the service gets: its scheduler runs as many
- * jobs at once as the workers announced at start (FROMAGE_BATCH when none had yet).
+ * Workers on /healthz and /metrics; the configuration the service gets: its scheduler starts with
+ * as many jobs at once as the workers announced (FROMAGE_BATCH when none had yet), and
+ * followCapacity keeps it in step as workers come and go.
  */
 export function attachGateway(engine: Engine, deps: { config: Config; metrics: ServiceMetrics; readiness: Readiness; logger?: Logger }): Config {
   if (!(engine instanceof RemoteEngine)) return deps.config;
   engine.registerMetrics(deps.metrics.registry);
   deps.readiness.addDetails(() => ({ remote: engine.health() }));
   const capacity = engine.capacity();
-  const concurrency = capacity > 0 ? capacity : deps.config.FROMAGE_BATCH;
-  // The scheduler's concurrency is fixed when it starts: say so when the workers change.
+  return { ...deps.config, FROMAGE_BATCH: capacity > 0 ? capacity : deps.config.FROMAGE_BATCH };
+}
+
+/** Hands out as many jobs at once as the live workers take: a worker that joins is used at once. */
+export function followCapacity(engine: Engine, scheduler: { setConcurrency(slots: number): void }, logger?: Logger): void {
+  if (!(engine instanceof RemoteEngine)) return;
   engine.onCapacityChange((slots) => {
-    if (slots === concurrency) return;
-    deps.logger?.warn(
-      { workerSlots: slots, schedulerSlots: concurrency },
-      slots > concurrency
-        ? 'the workers now take more jobs at once than the gateway hands out; restart the gateway to use them all'
-        : 'the workers now take fewer jobs at once than the gateway hands out; the rest wait for a free worker',
-    );
+    // No worker at all: keep one slot, so a job waits for a worker (and is told it is busy).
+    scheduler.setConcurrency(Math.max(1, slots));
+    logger?.info({ workerSlots: slots }, 'model workers changed: the gateway now hands out this many jobs at once');
   });
-  return { ...deps.config, FROMAGE_BATCH: concurrency };
 }

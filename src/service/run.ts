@@ -63,6 +63,7 @@ export async function runServe(options: ServeOptions): Promise<void> {
     notice(`(log lines go to ${terminalLog.file}; warnings and errors show here)`);
   }
   const service = await startService({ config: serviceConfig, logger, engine, adapters, history, early: { http, metrics, readiness } });
+  if (config.FROMAGE_REDIS_URL) (await import('../remote/open-gateway.ts')).followCapacity(engine, service.scheduler, logger);
   stop = service.stop;
   process.once('SIGINT', () => void shutdown('SIGINT'));
   process.once('SIGTERM', () => void shutdown('SIGTERM'));

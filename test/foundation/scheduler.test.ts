@@ -38,6 +38,38 @@ describe('Scheduler', () => {
     expect(order).toEqual(['start0', 'end0', 'start1', 'end1', 'start2', 'end2']);
   });
 
+  it('follows a changed slot count (model workers joining or leaving): more start at once, then fewer', async () => {
+    const s = new Scheduler({ ...base, concurrency: 1 });
+    const gates = Array.from({ length: 5 }, () => gate());
+    let running = 0;
+    const jobs = gates.map((g, i) =>
+      s.submit({
+        conversation: `c${i}`,
+        user: `u${i}`,
+        run: async () => {
+          running++;
+          await g.done;
+          running--;
+          return i;
+        },
+      }),
+    );
+    await tick();
+    expect(running).toBe(1);
+    s.setConcurrency(3);
+    await tick();
+    expect(running).toBe(3);
+    s.setConcurrency(0); // no worker left: one slot stays, so jobs wait rather than fail
+    expect(s.slots).toBe(1);
+    gates[0].release();
+    gates[1].release();
+    await tick();
+    await tick();
+    expect(running).toBe(1);
+    for (const g of gates) g.release();
+    expect(await Promise.all(jobs.map((j) => j.result))).toEqual([0, 1, 2, 3, 4]);
+  });
+
   it('runs different conversations in parallel up to the slot count', async () => {
     const s = new Scheduler({ ...base, concurrency: 2 });
     let running = 0;

@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline';
 import { loadConfig } from '../../src/config.ts';
 import type { Adapter, IncomingMessage, MessageHandler, Reply } from '../../src/conversation/types.ts';
 import { createLogger } from '../../src/log.ts';
-import { attachGateway } from '../../src/remote/open-gateway.ts';
+import { attachGateway, followCapacity } from '../../src/remote/open-gateway.ts';
 import { Readiness, startHttp } from '../../src/service/http.ts';
 import { createMetrics } from '../../src/service/metrics.ts';
 import { openConfiguredEngine } from '../../src/service/open-engine.ts';
@@ -52,6 +52,7 @@ const scripted: Adapter = {
 };
 
 const service = await startService({ config: serviceConfig, logger, engine, adapters: [scripted], early: { http, metrics, readiness } });
+followCapacity(engine, service.scheduler, logger);
 logger.info({ concurrency: serviceConfig.FROMAGE_BATCH }, 'scripted gateway ready');
 process.once('SIGTERM', () => {
   const keep = setInterval(() => {}, 1000);
