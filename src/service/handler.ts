@@ -292,6 +292,14 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
         await responder.send(reply('error', text(err.message)));
         return undefined;
       }
+      // The in-process engine's worker died (crash, out of memory, watchdog) with this job in
+      // flight; the next job starts a fresh one. Matched by name: the handler knows only the Engine contract.
+      if (err instanceof Error && err.name === 'EngineWorkerError') {
+        metrics?.countError('engine');
+        logger.warn({ err: err.message, platform: message.key.platform }, 'a job was lost with the model worker');
+        await responder.send(reply('error', text('The model stopped while answering this (it restarts by itself); please send your message again.')));
+        return undefined;
+      }
       throw err;
     }
   }

@@ -9,7 +9,9 @@
  * - a signed Slack event that Bolt itself cannot read (`channel: null`) was answered 500, which
  *   Slack retries, failing each time;
  * - a Slack answer holding a lone UTF-16 surrogate (a user typed one; the answer repeats it)
- *   failed to post at all (the Web API client's form encoding throws on it).
+ *   failed to post at all (the Web API client's form encoding throws on it);
+ * - a job lost with a crashed model worker was answered "Something went wrong on my side":
+ *   it now says what happened and to send the message again.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -111,6 +113,28 @@ describe('typed special tokens stay text', () => {
     expect(texts.some((t) => t === 'ok [RET]\n')).toBe(true);
     expect(queries).toHaveLength(1);
     expect(specials(tokenizer.encode(queries[0], { addSpecialTokens: true }))).toEqual([]);
+  });
+});
+
+describe('a job lost with the model worker', () => {
+  it('is answered once, saying the model restarts and to send the message again', async () => {
+    const crashed = Object.assign(new Error('the model worker stopped (exit code 9) before the job finished'), { name: 'EngineWorkerError' });
+    const engine: Engine = {
+      info: { bundleId: 'crashy', contextLength: 2048, nVisualTokens: 1, hasIndex: false },
+      countTokens: async (t) => t.length,
+      chat: async () => Promise.reject(crashed),
+      retrieve: async () => [],
+      close: async () => undefined,
+    };
+    const handler = createMessageHandler({
+      engine,
+      history: new SqliteHistoryStore(':memory:', { maxTurns: 10 }),
+      scheduler: new Scheduler({ concurrency: 1, maxQueued: 10, userRatePerMinute: 100, userBurst: 100, jobTimeoutMs: 10_000 }),
+      logger: pino({ level: 'silent' }),
+    });
+    const r = new RecordingResponder();
+    await handler(message('hello'), r);
+    expect(r.replies).toEqual([{ kind: 'error', segments: [{ type: 'text', text: 'The model stopped while answering this (it restarts by itself); please send your message again.' }] }]);
   });
 });
 
