@@ -75,20 +75,33 @@ export interface ParsedCommand {
   readonly ephemeral: boolean;
 }
 
+/*
+ * discord.js checks an option's declared type, not its value: a payload with a string option
+ * holding a number reached the service as a message whose text was not a string. Discord itself
+ * sends matching values; these keep a malformed one from becoming an internal error.
+ */
+function textOption(value: unknown): string {
+  return typeof value === 'string' ? value : value === null || value === undefined ? '' : String(value);
+}
+
+function integerOption(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isInteger(value) ? value : undefined;
+}
+
 /** Null for a command this bot does not know (an old registration, another app's name). */
 export function parseFromageCommand(interaction: ChatInputCommandInteraction): ParsedCommand | null {
   if (interaction.commandName !== COMMAND_NAME) return null;
   const o = interaction.options;
   switch (o.getSubcommand(false)) {
     case 'retrieve': {
-      const query = o.getString('query', true);
-      const count = o.getInteger('count') ?? undefined;
+      const query = textOption(o.getString('query', true));
+      const count = integerOption(o.getInteger('count'));
       return { intent: { kind: 'retrieve', query, count }, text: query, ephemeral: false };
     }
     case 'ask': {
       const a = o.getAttachment('image');
       const attachment = a ? { name: a.name, url: a.url, contentType: a.contentType, size: a.size } : undefined;
-      return { intent: { kind: 'chat' }, text: o.getString('prompt', true), attachment, ephemeral: false };
+      return { intent: { kind: 'chat' }, text: textOption(o.getString('prompt', true)), attachment, ephemeral: false };
     }
     case 'reset':
       return { intent: { kind: 'reset' }, text: '', ephemeral: false };

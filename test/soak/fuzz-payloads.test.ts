@@ -30,6 +30,11 @@ beforeAll(async () => {
   foreign = createServer((req, res) => {
     foreignRequests.push({ url: req.url ?? '', authorization: req.headers.authorization });
     if (req.url?.startsWith('/hang')) return; // never answers
+    if (req.url?.startsWith('/redirect')) {
+      res.writeHead(302, { location: `${foreignUrl}/img${req.url.slice('/redirect'.length)}` });
+      res.end();
+      return;
+    }
     res.writeHead(200, { 'content-type': 'image/png' });
     res.end(FIXTURE_PNG);
   });
@@ -117,7 +122,7 @@ async function runSlack(c: SlackCase): Promise<string> {
       status = await slackRequest(JSON.stringify(eventEnvelope(valid)), 'application/json', false);
       if (status < 400) throw new Error(`a forged signature was accepted (${status})`);
       await new Promise((r) => setTimeout(r, 30));
-      if (bot.seen.some((s) => s.message.text.includes(`pay${id}`))) throw new Error('a forged event reached the service');
+      if (bot.seen.some((s) => String(s.message.text).includes(`pay${id}`))) throw new Error('a forged event reached the service');
       break;
     }
     case 'slash': {
@@ -137,7 +142,7 @@ async function runSlack(c: SlackCase): Promise<string> {
       const res = await postEvent(bot.slackAdapter.httpPort ?? 0, eventEnvelope({ ...valid, files: [file] }));
       await res.arrayBuffer();
       status = res.status;
-      await until(() => bot.seen.some((s) => s.message.text.includes(`pay${id}`) && s.finished) || bot.slack.calls.some((x) => /^chat\.post/.test(x.method) && x.args.channel === `CP${id}`), 30_000, () => `no answer to a message whose file redirects (${c.hang ? 'to a host that hangs' : 'to another host'})`);
+      await until(() => bot.seen.some((s) => String(s.message.text).includes(`pay${id}`) && s.finished) || bot.slack.calls.some((x) => /^chat\.post/.test(x.method) && x.args.channel === `CP${id}`), 30_000, () => `no answer to a message whose file redirects (${c.hang ? 'to a host that hangs' : 'to another host'})`);
       break;
     }
   }
@@ -166,7 +171,7 @@ async function runDiscord(c: DiscordCase): Promise<string> {
   const attachments = [];
   const options = [...c.options];
   if (c.attach) {
-    const url = c.attach === 'ok' ? bot.discord.addCdnFile('p.png', FIXTURE_PNG, 'image/png') : `${foreignUrl}/${c.attach === 'hang' ? 'hang' : 'img'}/${id}.png`;
+    const url = c.attach === 'ok' ? bot.discord.addCdnFile('p.png', FIXTURE_PNG, 'image/png') : `${foreignUrl}/${c.attach === 'hang' ? 'hang' : 'redirect'}/${id}.png`;
     const a = attachment(url, 'p.png', FIXTURE_PNG.length, 'image/png');
     attachments.push(a);
     options.push({ name: 'image', type: 11, value: a.id });
@@ -197,7 +202,7 @@ describe('fuzz: platform payloads', () => {
           if (n % 25 === 0) {
             const before = bot.seen.length;
             await deliver(bot, places[n % 5], 1, `sentinel ${n}`);
-            await until(() => bot.seen.slice(before).some((s) => s.message.text.includes(`sentinel ${n}`) && s.finished && s.replies.length === 1), 10_000, () => `a normal message after ${n} mutated payloads was not answered`);
+            await until(() => bot.seen.slice(before).some((s) => String(s.message.text).includes(`sentinel ${n}`) && s.finished && s.replies.length === 1), 10_000, () => `a normal message after ${n} mutated payloads was not answered`);
             sentinels++;
           }
         }),

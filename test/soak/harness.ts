@@ -174,6 +174,9 @@ export async function startSoakBot(options: SoakBotOptions): Promise<SoakBot> {
 
   const seen: Seen[] = [];
   const observe = (message: IncomingMessage, responder: Responder) => {
+    // The contract the adapters promise the service: a text is a string, whatever the platform sent.
+    if (typeof message.text !== 'string') crashes.push(`the ${message.key.platform} adapter handed the service a ${typeof message.text} as text: ${JSON.stringify(message.text)}`);
+    if (message.intent.kind === 'retrieve' && typeof message.intent.query !== 'string') crashes.push(`the ${message.key.platform} adapter handed the service a ${typeof message.intent.query} as a query`);
     const record: Seen = { message, arrivedAt: performance.now(), replies: [], finished: false, deliveryErrors: [] };
     seen.push(record);
     const wrapped: Responder = {

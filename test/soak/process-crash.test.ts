@@ -161,7 +161,8 @@ describe('process crash', () => {
       ['kills', SIZES.kills],
       ['damaged databases (must be 0)', damaged],
       ['restarts that answered', `${answeredAfterRestart} of ${SIZES.kills + 1}`],
-      ['answers kept in history', exchangesKept],
+      ['answers given before the kills', (allOutput.match(/^fromage> /gm) ?? []).length],
+      ['answers kept in history at the end', exchangesKept],
     ]);
     expect(problems).toEqual([]);
     expect(answeredAfterRestart).toBe(SIZES.kills + 1);

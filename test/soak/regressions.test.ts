@@ -10,6 +10,8 @@
  *   Slack retries, failing each time;
  * - a Slack answer holding a lone UTF-16 surrogate (a user typed one; the answer repeats it)
  *   failed to post at all (the Web API client's form encoding throws on it);
+ * - a Discord string option holding a number (discord.js checks types, not values) reached the
+ *   service as a message whose text was a number, and became an internal error;
  * - a job lost with a crashed model worker was answered "Something went wrong on my side":
  *   it now says what happened and to send the message again.
  */
@@ -147,6 +149,21 @@ describe('platform payloads the adapters must answer', () => {
       const callback = await h.fake.waitForRequest((r) => r.path === `/interactions/${payload.id}/${payload.token}/callback`);
       expect(callback.body).toMatchObject({ type: 4, data: { flags: 64, content: expect.stringContaining('I could not read this command') } });
       expect(h.received).toHaveLength(0);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('Discord: a string option holding a number reaches the service as text', async () => {
+    const h = await startHarness();
+    try {
+      const next = h.nextMessage();
+      h.fake.dispatch('INTERACTION_CREATE', interactionPayload({ guildId: GUILD, channel: { id: '1100000000000000106', type: 0 }, user: ALICE, subcommand: 'ask', options: [{ name: 'prompt', type: 3, value: 42 }] }));
+      const m = await next;
+      expect(m.text).toBe('42');
+      const q = h.nextMessage();
+      h.fake.dispatch('INTERACTION_CREATE', interactionPayload({ guildId: GUILD, channel: { id: '1100000000000000107', type: 0 }, user: ALICE, subcommand: 'retrieve', options: [{ name: 'query', type: 3, value: true }, { name: 'count', type: 4, value: 2.5 }] }));
+      expect((await q).intent).toEqual({ kind: 'retrieve', query: 'true', count: undefined });
     } finally {
       await h.close();
     }
