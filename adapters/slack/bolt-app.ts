@@ -81,6 +81,11 @@ export function createBoltApp(options: BoltAppOptions): App {
           // Bolt hands the socket client's Web API options over only through installerOptions;
           // without them apps.connections.open would ignore SLACK_API_URL.
           installerOptions: { clientOptions: options.clientOptions },
+          // As over HTTP (acknowledgeUnreadable): an envelope Bolt cannot read is acknowledged, not redelivered to fail again.
+          processEventErrorHandler: async ({ error, logger: log }) => {
+            log.warn(`slack: an event could not be processed and was acknowledged so Slack does not redeliver it: ${error instanceof Error ? error.message : String(error)}`);
+            return true;
+          },
         })
       : new HTTPReceiver({ signingSecret: mode.signingSecret, endpoints: EVENTS_PATH, logger, processBeforeResponse: false, processEventErrorHandler: acknowledgeUnreadable });
   return new App({

@@ -7,7 +7,7 @@
  * - a Discord command with a required option missing (or of another type) was never answered
  *   (discord.js threw while reading it; Discord showed "the application did not respond");
  * - a signed Slack event that Bolt itself cannot read (`channel: null`) was answered 500, which
- *   Slack retries, failing each time;
+ *   Slack retries, failing each time (over Socket Mode it was left unacknowledged, so redelivered);
  * - a Slack answer holding a lone UTF-16 surrogate (a user typed one; the answer repeats it)
  *   failed to post at all (the Web API client's form encoding throws on it);
  * - a Discord string option holding a number (discord.js checks types, not values) reached the
@@ -34,7 +34,7 @@ import { message, RecordingResponder } from '../support/messages.ts';
 import { ALICE, interactionPayload } from '../discord/fake-discord/payloads.ts';
 import { GUILD, startHarness } from '../discord/harness.ts';
 import { FakeSlack } from '../slack/fake-slack.ts';
-import { eventEnvelope, eventually, postEvent, startHttpAdapter } from '../slack/harness.ts';
+import { eventEnvelope, eventually, postEvent, startHttpAdapter, startSocketAdapter } from '../slack/harness.ts';
 import { fixtureBundle } from './harness.ts';
 import { SEED } from './sizes.ts';
 
@@ -181,6 +181,19 @@ describe('platform payloads the adapters must answer', () => {
       await eventually(() => fake.messages.some((m) => m.channel === 'C7') || failures.length > 0);
       expect(failures).toEqual([]);
       expect(fake.messages.find((m) => m.channel === 'C7')?.text).toBe('You said: odd \ufffd text');
+    } finally {
+      await adapter.stop();
+      await fake.stop();
+    }
+  });
+
+  it('Slack Socket Mode: an envelope whose event Bolt cannot read is acknowledged (not redelivered to fail again)', async () => {
+    const fake = new FakeSlack();
+    await fake.start();
+    const adapter = await startSocketAdapter(fake, async () => undefined);
+    try {
+      fake.deliverOverSocket('env-null-channel', eventEnvelope({ type: 'app_mention', user: 'U1', text: '<@UBOT> hi', channel: null, ts: '8.3', event_ts: '8.3' }));
+      await eventually(() => fake.socketAcks.includes('env-null-channel'));
     } finally {
       await adapter.stop();
       await fake.stop();
