@@ -1,6 +1,6 @@
 /**
  * Mutated events over Slack's Socket Mode (the default way to run the Slack adapter): any JSON
- * as the event of an event_callback, and valid events with fields dropped or of another type. Property: the
+ * object as the event of an event_callback, and valid events with fields dropped or of another type. Property: the
  * adapter acknowledges every envelope (unacknowledged ones are redelivered by Slack), nothing
  * crashes or rejects unhandled, what reaches the handler has a string text, and a normal message
  * afterwards is answered. Replay a failure with SOAK_SEED=<seed>.
@@ -41,9 +41,10 @@ afterAll(async () => {
 const FIELDS = ['type', 'user', 'text', 'channel', 'ts', 'event_ts', 'team', 'files', 'thread_ts', 'channel_type', 'subtype', 'bot_id'];
 
 const socketCase = fc.oneof(
-  // Payloads that are not an event_callback (no type Bolt knows) are left unacknowledged by Bolt
-  // itself, so Slack redelivers them a few times; Slack never sends such payloads, not tested here.
-  fc.jsonValue({ maxDepth: 2 }).map((event) => ({ kind: 'any JSON as the event', payload: { ...eventEnvelope({}), event } as unknown })),
+  // Payloads that are not an event_callback with an object event (no type Bolt knows, `event: null`)
+  // are left unacknowledged by Bolt and its socket client themselves, before any handler of ours,
+  // so Slack redelivers them a few times; Slack never sends such payloads, not tested here.
+  fc.dictionary(fc.constantFrom(...FIELDS, 'x'), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 6 }).map((event) => ({ kind: 'any JSON object as the event', payload: { ...eventEnvelope({}), event } as unknown })),
   fc
     .record({
       type: fc.constantFrom('app_mention', 'message'),
