@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,9 +32,10 @@ interface Bot {
   exited: Promise<void>;
 }
 
-function startBot(dataDir: string): Bot {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'chat'], {
+function startBot(dataDir: string, command: 'chat' | 'serve' = 'chat', extraEnv: Record<string, string> = {}): Bot {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', command], {
     env: {
+      ...extraEnv,
       PATH: process.env.PATH ?? '',
       HOME: work,
       FROMAGE_BUNDLE: bundle,
@@ -70,7 +72,7 @@ async function ask(bot: Bot, line: string, timeoutMs = 60_000): Promise<string> 
 /** What is wrong with the files after a kill: integrity, foreign keys, half-written exchanges. */
 function damage(dataDir: string): string[] {
   const problems: string[] = [];
-  for (const file of ['history.sqlite']) {
+  for (const file of ['history.sqlite', 'web.sqlite']) {
     const path = join(dataDir, file);
     if (!existsSync(path)) continue;
     const db = new Database(path);
@@ -79,6 +81,7 @@ function damage(dataDir: string): string[] {
       if (integrity !== 'ok') problems.push(`${file}: integrity_check ${String(integrity)}`);
       const fk = db.pragma('foreign_key_check') as unknown[];
       if (fk.length) problems.push(`${file}: foreign_key_check ${JSON.stringify(fk)}`);
+      if (file !== 'history.sqlite') continue;
       const turns = db.prepare('SELECT conversation, role FROM turns ORDER BY conversation, id').all() as { conversation: string; role: string }[];
       for (let i = 0; i < turns.length; i++) {
         const t = turns[i];
@@ -166,6 +169,87 @@ describe('process crash', () => {
     ]);
     expect(problems).toEqual([]);
     expect(answeredAfterRestart).toBe(SIZES.kills + 1);
+    expect(leakedSecrets(allOutput)).toEqual([]);
+  }, 600_000);
+});
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((r) => server.close(() => r()));
+  return port;
+}
+
+const page = { 'x-fromage-csrf': '1' };
+
+describe('process crash (serve with the web chat)', () => {
+  it(`kill -9 of fromage serve at ${SIZES.kills} random moments while the web chat writes both databases: none damaged, the restarted bot answers`, async () => {
+    const random = randomFrom(SEED ^ 0x77);
+    const dataDir = join(work, 'data-serve');
+    const problems: string[] = [];
+    let damaged = 0;
+    let answered = 0;
+    let allOutput = '';
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}/`;
+    const post = (id: string, text: string) => {
+      const form = new FormData();
+      form.append('text', text);
+      return fetch(`${base}api/conversations/${id}/messages`, { method: 'POST', body: form, headers: page }).then((r) => r.arrayBuffer(), () => undefined);
+    };
+    for (let round = 0; round <= SIZES.kills; round++) {
+      const bot = startBot(dataDir, 'serve', { FROMAGE_WEB_PORT: String(port), FROMAGE_USER_RATE: '1000', FROMAGE_USER_BURST: '1000' });
+      try {
+        // The restarted bot answers: a new conversation, one message, its answer in the transcript.
+        const deadline = Date.now() + 60_000;
+        let id: string | undefined;
+        while (!id) {
+          if (Date.now() > deadline || bot.child.exitCode !== null) throw new Error(`the web chat never opened:\n${bot.output().slice(-3000)}`);
+          id = await fetch(`${base}api/conversations`, { method: 'POST', headers: page })
+            .then((r) => (r.status === 201 ? (r.json() as Promise<{ conversation: { id: string } }>) : undefined))
+            .then((b) => b?.conversation.id, () => undefined);
+          if (!id) await new Promise((r) => setTimeout(r, 100));
+        }
+        await post(id, `hello after restart ${round}`);
+        for (;;) {
+          const body = (await (await fetch(`${base}api/conversations/${id}`)).json()) as { entries: { role: string }[] };
+          if (body.entries.some((e) => e.role === 'bot')) break;
+          if (Date.now() > deadline) throw new Error(`no answer after restart ${round}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        answered++;
+        if (round === SIZES.kills) break;
+        // A stream of questions and setting changes, then the kill at a random moment.
+        let stop = false;
+        const feeder = (async () => {
+          for (let i = 0; !stop; i++) {
+            const r = random();
+            void post(id, r < 0.2 ? `settings words=${2 + Math.floor(random() * 12)}` : r < 0.25 ? 'reset' : `question ${round}.${i}`);
+            await new Promise((res) => setTimeout(res, 5 + Math.floor(random() * 30)));
+          }
+        })();
+        await new Promise((r) => setTimeout(r, 150 + Math.floor(random() * 1500)));
+        bot.child.kill('SIGKILL');
+        stop = true;
+        await bot.exited;
+        await feeder;
+      } finally {
+        if (bot.child.exitCode === null && bot.child.signalCode === null) bot.child.kill('SIGKILL');
+        await bot.exited;
+        allOutput += bot.output();
+      }
+      const found = damage(dataDir);
+      if (found.length) damaged++;
+      problems.push(...found);
+    }
+    printTable('process crash (serve, web chat)', [
+      ['kills', SIZES.kills],
+      ['damaged databases (must be 0)', damaged],
+      ['restarts that answered', `${answered} of ${SIZES.kills + 1}`],
+    ]);
+    expect(problems).toEqual([]);
+    expect(answered).toBe(SIZES.kills + 1);
     expect(leakedSecrets(allOutput)).toEqual([]);
   }, 600_000);
 });
