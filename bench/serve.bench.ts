@@ -24,9 +24,8 @@
  */
 import { fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import sharp from 'sharp';
@@ -39,7 +38,8 @@ import { FromageEngine, type EngineOptions } from '../src/model/engine.ts';
 import { createSession } from '../src/model/session.ts';
 import { resolveThreads } from '../src/model/threads.ts';
 import { Tokenizer } from '../src/model/tokenizer/tokenizer.ts';
-import { SYNTHETIC_WORDS, syntheticBundle } from './synthetic-bundle.ts';
+import { benchBundle, benchWork, BUNDLE_OPTIONS } from './bench-bundle.ts';
+import { SYNTHETIC_WORDS } from './synthetic-bundle.ts';
 import { xorshift32 } from './xorshift.ts';
 
 const NA = 'n/a (not available in this build)';
@@ -297,20 +297,16 @@ function residentBreakdown(): { anon: number; file: number } | undefined {
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      bundle: { type: 'string' },
-      weights: { type: 'string', default: 'int4' },
-      work: { type: 'string', default: join(tmpdir(), 'fromage-serve-bench') },
+      ...BUNDLE_OPTIONS,
       turns: { type: 'string', default: '12' },
       answer: { type: 'string', default: '32' },
       only: { type: 'string', default: 'load,a,b,c,d' },
       'kv-mb': { type: 'string', default: '256' },
     },
   });
-  if (values.weights !== 'int4' && values.weights !== 'fp32') throw new Error('--weights must be int4 or fp32');
-  const work = resolve(values.work);
-  await mkdir(work, { recursive: true });
+  const work = await benchWork(values);
   const t0 = performance.now();
-  const bundleDir = values.bundle ? resolve(values.bundle) : await syntheticBundle(work, { weights: values.weights });
+  const bundleDir = await benchBundle(values, work);
   const m = JSON.parse(await readFile(join(bundleDir, 'fromage.json'), 'utf8')) as { model: { num_layers: number; hidden_size: number }; weights: { dtype: string } };
   const f = features();
   const only = new Set(values.only.split(','));

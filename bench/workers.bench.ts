@@ -13,8 +13,8 @@
  *                            [--answer 16] [--workers 1,2,3] [--batch 1] [--words 24 (per prompt)]
  */
 import { mkdir, rm } from 'node:fs/promises';
-import { availableParallelism, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { DEFAULT_SETTINGS } from '../src/conversation/types.ts';
@@ -22,7 +22,8 @@ import { parseRedisUrl } from '../src/remote/redis-url.ts';
 import { RemoteEngine } from '../src/remote/remote-engine.ts';
 import { startProc, type Proc } from '../test/remote/cluster.ts';
 import { startTestRedis } from '../test/remote/redis-server.ts';
-import { SYNTHETIC_WORDS, syntheticBundle } from './synthetic-bundle.ts';
+import { benchBundle, benchWork, BUNDLE_OPTIONS } from './bench-bundle.ts';
+import { SYNTHETIC_WORDS } from './synthetic-bundle.ts';
 import { xorshift32 } from './xorshift.ts';
 
 const out = (s: string): boolean => process.stdout.write(s);
@@ -103,9 +104,7 @@ async function measure(bundle: string, work: string, redisUrl: string, n: number
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      bundle: { type: 'string' },
-      weights: { type: 'string', default: 'int4' },
-      work: { type: 'string', default: join(tmpdir(), 'fromage-serve-bench') },
+      ...BUNDLE_OPTIONS,
       jobs: { type: 'string', default: '24' },
       answer: { type: 'string', default: '16' },
       workers: { type: 'string', default: '1,2,3' },
@@ -113,10 +112,8 @@ async function main(): Promise<void> {
       words: { type: 'string', default: '24' },
     },
   });
-  if (values.weights !== 'int4' && values.weights !== 'fp32') throw new Error('--weights must be int4 or fp32');
-  const work = resolve(values.work);
-  await mkdir(work, { recursive: true });
-  const bundle = values.bundle ? resolve(values.bundle) : await syntheticBundle(work, { weights: values.weights });
+  const work = await benchWork(values);
+  const bundle = await benchBundle(values, work);
   const counts = values.workers.split(',').map(Number);
   const batch = Number(values.batch);
   const answer = Number(values.answer);

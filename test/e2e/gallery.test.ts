@@ -5,20 +5,18 @@
  * be shown with no allow-list; a second index whose URLs the address guard refuses is skipped,
  * and the reason is logged once per host.
  */
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createShellAdapter } from '../../adapters/shell/index.ts';
 import { loadConfig } from '../../src/config.ts';
-import { SqliteHistoryStore } from '../../src/conversation/history.ts';
 import { buildGallery } from '../../src/retrieval/build-gallery.ts';
-import { importPickle } from '../../src/retrieval/import-pickle.ts';
 import { openConfiguredEngine } from '../../src/service/open-engine.ts';
-import { startService, type RunningService } from '../../src/service/service.ts';
-import { convertFixtureBundle, serveFixtureImages } from '../model/helpers.ts';
+import type { RunningService } from '../../src/service/service.ts';
+import { convertFixtureBundle, importFixtureIndex, serveFixtureImages } from '../model/helpers.ts';
+import { shellTranscript, startShellService } from '../support/shell-session.ts';
 
 const FIXTURES = 'test/fixtures';
 
@@ -28,21 +26,8 @@ let bundleCleanup: () => Promise<void>;
 let images: Awaited<ReturnType<typeof serveFixtureImages>>;
 let service: RunningService;
 const logLines: string[] = [];
-const input = new PassThrough();
-const output = new PassThrough();
-let transcript = '';
-output.on('data', (d: Buffer) => (transcript += d.toString()));
-
-async function type(line: string, until: RegExp): Promise<string> {
-  const from = transcript.length;
-  input.write(`${line}\n`);
-  const deadline = Date.now() + 30_000;
-  while (!until.test(transcript.slice(from))) {
-    if (Date.now() > deadline) throw new Error(`no answer matching ${until} after "${line}":\n${transcript.slice(from)}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return transcript.slice(from);
-}
+const shell = shellTranscript();
+const { type } = shell;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'fromage-gallery-e2e-'));
@@ -55,21 +40,13 @@ beforeAll(async () => {
   await buildGallery({ bundle: conv.dir, images: gallery, out: galleryIndex, silent: true, threads: 1 });
   // The CC3M-format fixture index, its URLs on a loopback server that FROMAGE_FETCH_ALLOW does not list.
   images = await serveFixtureImages();
-  const cc3m = join(work, 'cc3m-index');
-  await importPickle(join(FIXTURES, 'fromage_model/cc3m_embeddings.pkl'), cc3m, { silent: true });
-  await writeFile(join(cc3m, 'urls.txt'), (await readFile(join(cc3m, 'urls.txt'), 'utf8')).replaceAll('PORT', String(images.port)));
+  const cc3m = await importFixtureIndex(join(work, 'cc3m-index'), images.port);
 
   const config = loadConfig({ FROMAGE_BUNDLE: conv.dir, FROMAGE_INDEX: `${galleryIndex},${cc3m}`, FROMAGE_DATA_DIR: join(work, 'data'), FROMAGE_THREADS: '1' });
   const sink = new Writable({ write: (chunk: Buffer, _e, cb) => (logLines.push(chunk.toString()), cb()) });
   const logger = pino({ level: 'warn' }, sink);
   const engine = await openConfiguredEngine(config, logger, { yes: false });
-  service = await startService({
-    config,
-    logger,
-    engine,
-    adapters: [createShellAdapter({ input, output, imageDir: join(work, 'shell-images') })],
-    history: new SqliteHistoryStore(join(work, 'data', 'history.sqlite'), { maxTurns: 50 }),
-  });
+  service = await startShellService(shell, work, { config, logger, engine });
 }, 120_000);
 
 afterAll(async () => {

@@ -5,61 +5,32 @@
  * Answers must be the reference FROMAGe's.
  */
 import { showControlCharacters } from '../../src/conversation/text.ts';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createShellAdapter } from '../../adapters/shell/index.ts';
 import { loadConfig } from '../../src/config.ts';
-import { SqliteHistoryStore } from '../../src/conversation/history.ts';
-import { convertBundle } from '../../src/convert/convert.ts';
 import { openEngine } from '../../src/model/engine.ts';
-import { importPickle } from '../../src/retrieval/import-pickle.ts';
-import { startService, type RunningService } from '../../src/service/service.ts';
-import { serveFixtureImages } from '../model/helpers.ts';
+import type { RunningService } from '../../src/service/service.ts';
+import { fixtureBundleWithIndex, type FixtureImages } from '../model/helpers.ts';
+import { shellTranscript, startShellService } from '../support/shell-session.ts';
 
 const FIXTURES = 'test/fixtures';
 const cases = JSON.parse(await readFile(join(FIXTURES, 'reference/fromage_cases.json'), 'utf8'));
 
 let work: string;
-let images: Awaited<ReturnType<typeof serveFixtureImages>>;
+let images: FixtureImages;
 let service: RunningService;
-const input = new PassThrough();
-const output = new PassThrough();
-let transcript = '';
-output.on('data', (d: Buffer) => (transcript += d.toString()));
-
-/** Types a line and waits until the bot has printed `until` (or a reply after the line). */
-async function type(line: string, until: RegExp): Promise<string> {
-  const from = transcript.length;
-  input.write(`${line}\n`);
-  const deadline = Date.now() + 30_000;
-  while (!until.test(transcript.slice(from))) {
-    if (Date.now() > deadline) throw new Error(`no answer matching ${until} after "${line}":\n${transcript.slice(from)}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return transcript.slice(from);
-}
+/** The shell adapter's stdin/stdout; `type` writes a line and waits until the bot has printed `until`. */
+const shell = shellTranscript();
+const { type } = shell;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'fromage-e2e-'));
-  const bundle = join(work, 'bundle');
-  await convertBundle({
-    optDir: join(FIXTURES, 'facebook/opt-6.7b'),
-    clipDir: join(FIXTURES, 'openai/clip-vit-large-patch14'),
-    fromageDir: join(FIXTURES, 'fromage_model'),
-    outDir: bundle,
-    weights: 'fp32',
-    progress: { silent: true },
-  });
-  images = await serveFixtureImages();
-  const index = join(work, 'index');
-  await importPickle(join(FIXTURES, 'fromage_model/cc3m_embeddings.pkl'), index, { silent: true });
-  // The fixture index names its images http://127.0.0.1:PORT/img/...: point them at our server.
-  const urls = await readFile(join(index, 'urls.txt'), 'utf8');
-  await writeFile(join(index, 'urls.txt'), urls.replaceAll('PORT', String(images.port)));
+  const fixture = await fixtureBundleWithIndex(work);
+  const { bundle, index } = fixture;
+  images = fixture.images;
   const config = loadConfig({ FROMAGE_BUNDLE: bundle, FROMAGE_INDEX: index, FROMAGE_DATA_DIR: join(work, 'data'), FROMAGE_FETCH_ALLOW: '127.0.0.1' });
   const engine = await openEngine({
     bundleDir: bundle,
@@ -69,13 +40,7 @@ beforeAll(async () => {
     dataDir: config.FROMAGE_DATA_DIR,
     fetchAllow: config.FROMAGE_FETCH_ALLOW,
   });
-  service = await startService({
-    config,
-    logger: pino({ level: 'silent' }),
-    engine,
-    adapters: [createShellAdapter({ input, output, imageDir: join(work, 'shell-images') })],
-    history: new SqliteHistoryStore(join(work, 'data', 'history.sqlite'), { maxTurns: 50 }),
-  });
+  service = await startShellService(shell, work, { config, logger: pino({ level: 'silent' }), engine });
 }, 120_000);
 
 afterAll(async () => {

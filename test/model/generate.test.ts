@@ -1,27 +1,21 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { openBundle, type Bundle } from '../../src/model/bundle.ts';
+import type { Bundle } from '../../src/model/bundle.ts';
 import { checkContext, generateTokens, generateTokensRecompute } from '../../src/model/generate.ts';
 import { EngineInputError } from '../../src/model/engine-api.ts';
 import { CancelledError } from '../../src/model/errors.ts';
 import { FromageGraphs } from '../../src/model/graphs.ts';
 import { KvCache, MIN_CACHE_CAPACITY } from '../../src/model/kv-cache.ts';
 import { assemblePrompt } from '../../src/model/prompt.ts';
-import { convertFixtureBundle } from './helpers.ts';
+import { openFixtureModel } from './helpers.ts';
 import { maxAbsDiff, refJson, refTensor } from './reference.ts';
 
 let bundle: Bundle;
 let graphs: FromageGraphs;
-let cleanup: () => Promise<void>;
+let close: (() => Promise<void>) | undefined;
 beforeAll(async () => {
-  const conv = await convertFixtureBundle('vis1');
-  cleanup = conv.cleanup;
-  bundle = await openBundle(conv.dir, { threads: 1 });
-  graphs = new FromageGraphs(bundle);
+  ({ bundle, graphs, close } = await openFixtureModel());
 });
-afterAll(async () => {
-  await bundle?.release();
-  await cleanup?.();
-});
+afterAll(() => close?.());
 
 const settings = { numWords: 10, seed: 0, maxPositions: 128, retId: 295, retScaleFactor: 1, minWordTokens: 0, temperature: 0, topP: 1 };
 

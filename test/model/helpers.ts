@@ -1,5 +1,5 @@
 /** Test helpers: a converted fixture bundle, a loopback image server and an exact retrieval backend. */
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -7,6 +7,9 @@ import { tmpdir } from 'node:os';
 import { join, normalize } from 'node:path';
 import sharp from 'sharp';
 import { convertBundle } from '../../src/convert/convert.ts';
+import { openBundle, type Bundle } from '../../src/model/bundle.ts';
+import { FromageGraphs } from '../../src/model/graphs.ts';
+import { importPickle } from '../../src/retrieval/import-pickle.ts';
 import type { RetrievalBackend, RetrievalCandidate, RetrievedImage } from '../../src/model/retrieval-backend.ts';
 import { FIXTURES, refJson, refTensor } from './reference.ts';
 
@@ -15,7 +18,12 @@ export type Variant = 'vis1' | 'vis4';
 /** Converts the fixture checkpoints (fp32) into a fresh temp bundle; returns its dir and a cleanup. */
 export async function convertFixtureBundle(variant: Variant): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const tmp = await mkdtemp(join(tmpdir(), `fromage-bundle-${variant}-`));
-  const dir = join(tmp, 'bundle');
+  const dir = await convertFixtureBundleInto(join(tmp, 'bundle'), variant);
+  return { dir, cleanup: () => rm(tmp, { recursive: true, force: true }) };
+}
+
+/** Converts the fixture checkpoints (fp32) into `dir` (created); returns `dir`. */
+export async function convertFixtureBundleInto(dir: string, variant: Variant = 'vis1'): Promise<string> {
   await convertBundle({
     optDir: join(FIXTURES, 'facebook/opt-6.7b'),
     clipDir: join(FIXTURES, 'openai/clip-vit-large-patch14'),
@@ -24,11 +32,62 @@ export async function convertFixtureBundle(variant: Variant): Promise<{ dir: str
     weights: 'fp32',
     progress: { silent: true },
   });
-  return { dir, cleanup: () => rm(tmp, { recursive: true, force: true }) };
+  return dir;
+}
+
+/** The converted vis1 fixture bundle opened (one thread) with its graphs; `close` releases it and removes the files. */
+export async function openFixtureModel(): Promise<{ bundle: Bundle; graphs: FromageGraphs; close: () => Promise<void> }> {
+  const conv = await convertFixtureBundle('vis1');
+  let bundle: Bundle;
+  try {
+    bundle = await openBundle(conv.dir, { threads: 1 });
+  } catch (e) {
+    await conv.cleanup();
+    throw e;
+  }
+  const close = async (): Promise<void> => {
+    await bundle.release();
+    await conv.cleanup();
+  };
+  return { bundle, graphs: new FromageGraphs(bundle), close };
+}
+
+/**
+ * Imports the vis1 CC3M-format fixture pickle into `dir`, its image URLs
+ * (http://127.0.0.1:PORT/img/...) pointed at the loopback image server on `port`.
+ */
+export async function importFixtureIndex(dir: string, port: number): Promise<string> {
+  await importPickle(join(FIXTURES, 'fromage_model/cc3m_embeddings.pkl'), dir, { silent: true });
+  const urls = await readFile(join(dir, 'urls.txt'), 'utf8');
+  await writeFile(join(dir, 'urls.txt'), urls.replaceAll('PORT', String(port)));
+  return dir;
+}
+
+/**
+ * What the end-to-end tests run the product on: the fixture checkpoints converted into
+ * `work`/bundle, a loopback image server, and the fixture index imported into `work`/index with
+ * its URLs on that server. The caller closes `images`.
+ */
+export async function fixtureBundleWithIndex(work: string): Promise<{ bundle: string; index: string; images: FixtureImages }> {
+  const bundle = await convertFixtureBundleInto(join(work, 'bundle'));
+  const images = await serveFixtureImages();
+  try {
+    const index = await importFixtureIndex(join(work, 'index'), images.port);
+    return { bundle, index, images };
+  } catch (e) {
+    await images.close();
+    throw e;
+  }
+}
+
+export interface FixtureImages {
+  port: number;
+  server: Server;
+  close: () => Promise<void>;
 }
 
 /** Serves test/fixtures/img at http://127.0.0.1:PORT/img/... */
-export async function serveFixtureImages(): Promise<{ port: number; server: Server; close: () => Promise<void> }> {
+export async function serveFixtureImages(): Promise<FixtureImages> {
   const root = join(FIXTURES, 'img');
   const server = createServer((req, res) => {
     const path = normalize(decodeURIComponent((req.url ?? '/').split('?')[0]));

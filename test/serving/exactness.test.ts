@@ -9,16 +9,16 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openBundle, type Bundle } from '../../src/model/bundle.ts';
+import type { Bundle } from '../../src/model/bundle.ts';
 import { generateForImagesAndTexts, type FromageContext, type FromageResult } from '../../src/model/fromage.ts';
-import { FromageGraphs } from '../../src/model/graphs.ts';
+import type { FromageGraphs } from '../../src/model/graphs.ts';
 import { preprocessImage, type LoadMode } from '../../src/model/preprocess.ts';
 import { tokenizePieces, promptLength, type PromptPiece } from '../../src/model/prompt.ts';
 import { Batcher } from '../../src/serving/batcher.ts';
 import type { KvStore } from '../../src/serving/kv-types.ts';
 import { imageIdentity } from '../../src/serving/position-keys.ts';
 import { createKvStore } from '../../src/serving/prefix-store.ts';
-import { convertFixtureBundle } from '../model/helpers.ts';
+import { openFixtureModel } from '../model/helpers.ts';
 import { FIXTURES, maxAbsDiff, refJson } from '../model/reference.ts';
 
 // The oracle's own KV-cache vs full-recompute gap is up to 3.4e-4 (test/model/fromage-oracle.test.ts).
@@ -38,17 +38,11 @@ interface TurnJson {
 
 let bundle: Bundle;
 let graphs: FromageGraphs;
-let cleanup: () => Promise<void>;
+let close: (() => Promise<void>) | undefined;
 beforeAll(async () => {
-  const conv = await convertFixtureBundle('vis1');
-  cleanup = conv.cleanup;
-  bundle = await openBundle(conv.dir, { threads: 1 });
-  graphs = new FromageGraphs(bundle);
+  ({ bundle, graphs, close } = await openFixtureModel());
 });
-afterAll(async () => {
-  await bundle?.release();
-  await cleanup?.();
-});
+afterAll(() => close?.());
 
 /** A prompt item: text, or a fixture image with its load mode. */
 type Item = { text: string } | { image: string; load: LoadMode };

@@ -5,30 +5,24 @@
  * compact codecs' drift is measured and bounded.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openBundle, type Bundle } from '../../src/model/bundle.ts';
-import { FromageGraphs, type KvCache } from '../../src/model/graphs.ts';
+import type { Bundle } from '../../src/model/bundle.ts';
+import type { FromageGraphs, KvCache } from '../../src/model/graphs.ts';
 import { decodeKvInto, encodeKv, type KvCodecName } from '../../src/serving/kv-codec.ts';
 import type { KvReader, KvShape } from '../../src/serving/kv-types.ts';
 import { createKvStore } from '../../src/serving/prefix-store.ts';
-import { convertFixtureBundle } from '../model/helpers.ts';
+import { openFixtureModel } from '../model/helpers.ts';
 import { ArrayKv } from './kv-fakes.ts';
 
 let bundle: Bundle;
 let graphs: FromageGraphs;
 let shape: KvShape;
-let cleanup: () => Promise<void>;
+let close: (() => Promise<void>) | undefined;
 beforeAll(async () => {
-  const conv = await convertFixtureBundle('vis1');
-  cleanup = conv.cleanup;
-  bundle = await openBundle(conv.dir, { threads: 1 });
-  graphs = new FromageGraphs(bundle);
+  ({ bundle, graphs, close } = await openFixtureModel());
   const m = bundle.manifest.model;
   shape = { layers: m.num_layers, heads: m.num_heads, headDim: m.head_dim };
 }, 120_000);
-afterAll(async () => {
-  await bundle?.release();
-  await cleanup?.();
-});
+afterAll(() => close?.());
 
 /** Reads a KvCache through its decoder feeds ([1, heads, capacity, headDim] per tensor). */
 function readerOf(cache: KvCache): KvReader {

@@ -5,14 +5,13 @@
  * `PRAGMA integrity_check` and `foreign_key_check`, every kept question must have its answer
  * right after it (an exchange is written whole or not at all), and the restarted bot answers.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, spawnFromage, type FromageProcess } from '../support/fromage-process.ts';
 import { fixtureBundle, leakedSecrets, SECRETS } from './harness.ts';
 import { printTable, randomFrom, SEED, SIZES } from './sizes.ts';
 
@@ -26,34 +25,42 @@ beforeAll(async () => {
 
 afterAll(() => rm(work, { recursive: true, force: true }));
 
-interface Bot {
-  child: ChildProcessWithoutNullStreams;
-  output: () => string;
-  exited: Promise<void>;
-}
+type Bot = FromageProcess;
 
 function startBot(dataDir: string, command: 'chat' | 'serve' = 'chat', extraEnv: Record<string, string> = {}): Bot {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', command], {
-    env: {
-      ...extraEnv,
-      PATH: process.env.PATH ?? '',
-      HOME: work,
-      FROMAGE_BUNDLE: bundle,
-      FROMAGE_DATA_DIR: dataDir,
-      FROMAGE_THREADS: '1',
-      LOG_LEVEL: 'debug',
-      // Configured secrets: none may reach the process's output.
-      HF_TOKEN: SECRETS.HF_TOKEN,
-    },
-    stdio: ['pipe', 'pipe', 'pipe'],
+  const bot = spawnFromage(command, {
+    ...extraEnv,
+    PATH: process.env.PATH ?? '',
+    HOME: work,
+    FROMAGE_BUNDLE: bundle,
+    FROMAGE_DATA_DIR: dataDir,
+    FROMAGE_THREADS: '1',
+    LOG_LEVEL: 'debug',
+    // Configured secrets: none may reach the process's output.
+    HF_TOKEN: SECRETS.HF_TOKEN,
   });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
   // A killed child's stdin may reject the last writes; that is expected here.
-  child.stdin.on('error', () => undefined);
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  return { child, output: () => out, exited };
+  bot.child.stdin.on('error', () => undefined);
+  return bot;
+}
+
+/**
+ * Calls `write(i)` every 5-35 ms (until it returns false) and kills the bot with SIGKILL at a
+ * random moment 150-1650 ms in; returns once the bot has exited and the writes stopped.
+ */
+async function killWhileWriting(bot: Bot, random: () => number, write: (i: number) => boolean): Promise<void> {
+  let stop = false;
+  const feeder = (async () => {
+    for (let i = 0; !stop; i++) {
+      if (!write(i)) break;
+      await new Promise((res) => setTimeout(res, 5 + Math.floor(random() * 30)));
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 150 + Math.floor(random() * 1500)));
+  bot.child.kill('SIGKILL');
+  stop = true;
+  await bot.exited;
+  await feeder;
 }
 
 /** Types a line and waits for the bot's next answer line after it. */
@@ -104,6 +111,20 @@ function damage(dataDir: string): string[] {
   return problems;
 }
 
+/** Kills the bot (SIGKILL) if it still runs and waits for its exit; returns everything it printed. */
+async function stopBot(bot: Bot): Promise<string> {
+  if (bot.child.exitCode === null && bot.child.signalCode === null) bot.child.kill('SIGKILL');
+  await bot.exited;
+  return bot.output();
+}
+
+/** Checks the files after a kill, adds what is wrong to `problems`; true when anything was. */
+function recordDamage(dataDir: string, problems: string[]): boolean {
+  const found = damage(dataDir);
+  problems.push(...found);
+  return found.length > 0;
+}
+
 describe('process crash', () => {
   it(`kill -9 at ${SIZES.kills} random moments while writing history and settings: no damaged database, the restarted bot answers`, async () => {
     const random = randomFrom(SEED ^ 0x9);
@@ -120,42 +141,28 @@ describe('process crash', () => {
         const answer = await ask(bot, `hello after restart ${kill}`);
         if (/^fromage> /.test(answer)) answeredAfterRestart++;
         // Then a stream of writes: questions (history), settings changes, images, resets.
-        let stop = false;
-        const feeder = (async () => {
-          for (let i = 0; !stop; i++) {
-            const r = random();
-            const line =
-              r < 0.15 ? `/settings words=${2 + Math.floor(random() * 12)} temperature=${random() < 0.5 ? 0 : 0.7}`
-              : r < 0.25 ? '/image test/fixtures/images/landscape.png'
-              : r < 0.28 ? '/reset'
-              : `question ${kill}.${i} what do you see?`;
-            if (!bot.child.stdin.writable) break;
-            bot.child.stdin.write(`${line}\n`);
-            await new Promise((res) => setTimeout(res, 5 + Math.floor(random() * 30)));
-          }
-        })();
-        await new Promise((r) => setTimeout(r, 150 + Math.floor(random() * 1500)));
-        bot.child.kill('SIGKILL');
-        stop = true;
-        await bot.exited;
-        await feeder;
+        await killWhileWriting(bot, random, (i) => {
+          const r = random();
+          const line =
+            r < 0.15 ? `/settings words=${2 + Math.floor(random() * 12)} temperature=${random() < 0.5 ? 0 : 0.7}`
+            : r < 0.25 ? '/image test/fixtures/images/landscape.png'
+            : r < 0.28 ? '/reset'
+            : `question ${kill}.${i} what do you see?`;
+          if (!bot.child.stdin.writable) return false;
+          bot.child.stdin.write(`${line}\n`);
+          return true;
+        });
       } finally {
-        if (bot.child.exitCode === null && bot.child.signalCode === null) bot.child.kill('SIGKILL');
-        await bot.exited;
-        allOutput += bot.output();
+        allOutput += await stopBot(bot);
       }
-      const found = damage(dataDir);
-      if (found.length) damaged++;
-      problems.push(...found);
+      if (recordDamage(dataDir, problems)) damaged++;
     }
     // One last start after the last kill answers too.
     const last = startBot(dataDir);
     try {
       if (/^fromage> /.test(await ask(last, 'hello after the last kill'))) answeredAfterRestart++;
     } finally {
-      last.child.kill('SIGKILL');
-      await last.exited;
-      allOutput += last.output();
+      allOutput += await stopBot(last);
     }
     const db = new Database(join(dataDir, 'history.sqlite'), { readonly: true });
     exchangesKept = (db.prepare("SELECT count(*) AS n FROM turns WHERE role = 'bot'").get() as { n: number }).n;
@@ -172,14 +179,6 @@ describe('process crash', () => {
     expect(leakedSecrets(allOutput)).toEqual([]);
   }, 600_000);
 });
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((r) => server.close(() => r()));
-  return port;
-}
 
 const page = { 'x-fromage-csrf': '1' };
 
@@ -221,27 +220,15 @@ describe('process crash (serve with the web chat)', () => {
         answered++;
         if (round === SIZES.kills) break;
         // A stream of questions and setting changes, then the kill at a random moment.
-        let stop = false;
-        const feeder = (async () => {
-          for (let i = 0; !stop; i++) {
-            const r = random();
-            void post(id, r < 0.2 ? `settings words=${2 + Math.floor(random() * 12)}` : r < 0.25 ? 'reset' : `question ${round}.${i}`);
-            await new Promise((res) => setTimeout(res, 5 + Math.floor(random() * 30)));
-          }
-        })();
-        await new Promise((r) => setTimeout(r, 150 + Math.floor(random() * 1500)));
-        bot.child.kill('SIGKILL');
-        stop = true;
-        await bot.exited;
-        await feeder;
+        await killWhileWriting(bot, random, (i) => {
+          const r = random();
+          void post(id, r < 0.2 ? `settings words=${2 + Math.floor(random() * 12)}` : r < 0.25 ? 'reset' : `question ${round}.${i}`);
+          return true;
+        });
       } finally {
-        if (bot.child.exitCode === null && bot.child.signalCode === null) bot.child.kill('SIGKILL');
-        await bot.exited;
-        allOutput += bot.output();
+        allOutput += await stopBot(bot);
       }
-      const found = damage(dataDir);
-      if (found.length) damaged++;
-      problems.push(...found);
+      if (recordDamage(dataDir, problems)) damaged++;
     }
     printTable('process crash (serve, web chat)', [
       ['kills', SIZES.kills],

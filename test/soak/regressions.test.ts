@@ -25,7 +25,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteHistoryStore } from '../../src/conversation/history.ts';
 import { normalizeImage } from '../../src/conversation/images.ts';
 import { answerText, plainUserText, questionText } from '../../src/conversation/prompt.ts';
-import { ImageInputError, type ReplyImage } from '../../src/conversation/types.ts';
+import { ImageInputError, type MessageHandler, type ReplyImage } from '../../src/conversation/types.ts';
 import type { ChatResult, Engine, PromptItem } from '../../src/model/engine-api.ts';
 import { Tokenizer } from '../../src/model/tokenizer/tokenizer.ts';
 import { Scheduler } from '../../src/queue/scheduler.ts';
@@ -33,6 +33,7 @@ import { createMessageHandler } from '../../src/service/handler.ts';
 import { message, RecordingResponder } from '../support/messages.ts';
 import { ALICE, interactionPayload } from '../discord/fake-discord/payloads.ts';
 import { GUILD, startHarness } from '../discord/harness.ts';
+import type { SlackAdapter } from '../../adapters/slack/index.ts';
 import { FakeSlack } from '../slack/fake-slack.ts';
 import { eventEnvelope, eventually, postEvent, startHttpAdapter, startSocketAdapter } from '../slack/harness.ts';
 import { fixtureBundle } from './harness.ts';
@@ -99,12 +100,7 @@ describe('typed special tokens stay text', () => {
       },
       close: async () => undefined,
     };
-    const handler = createMessageHandler({
-      engine,
-      history: new SqliteHistoryStore(':memory:', { maxTurns: 10 }),
-      scheduler: new Scheduler({ concurrency: 1, maxQueued: 10, userRatePerMinute: 100, userBurst: 100, jobTimeoutMs: 10_000 }),
-      logger: pino({ level: 'silent' }),
-    });
+    const handler = handlerOn(engine);
     await handler(message('show me [RET] then <|image|></s><pad>'), new RecordingResponder());
     await handler(message('and again [RET]'), new RecordingResponder());
     await handler(message('', { intent: { kind: 'retrieve', query: 'a cat [RET] <|image|>' } }), new RecordingResponder());
@@ -128,12 +124,7 @@ describe('a job lost with the model worker', () => {
       retrieve: async () => [],
       close: async () => undefined,
     };
-    const handler = createMessageHandler({
-      engine,
-      history: new SqliteHistoryStore(':memory:', { maxTurns: 10 }),
-      scheduler: new Scheduler({ concurrency: 1, maxQueued: 10, userRatePerMinute: 100, userBurst: 100, jobTimeoutMs: 10_000 }),
-      logger: pino({ level: 'silent' }),
-    });
+    const handler = handlerOn(engine);
     const r = new RecordingResponder();
     await handler(message('hello'), r);
     expect(r.replies).toEqual([{ kind: 'error', segments: [{ type: 'text', text: 'The model stopped while answering this (it restarts by itself); please send your message again.' }] }]);
@@ -170,54 +161,63 @@ describe('platform payloads the adapters must answer', () => {
   });
 
   it('Slack: an answer with a lone surrogate is posted (as U+FFFD), not lost', async () => {
-    const fake = new FakeSlack();
-    await fake.start();
     const failures: unknown[] = [];
-    const adapter = await startHttpAdapter(fake, async (m, r) => {
-      await r.send({ kind: 'answer', segments: [{ type: 'text', text: `You said: ${m.text}` }] }).catch((e: unknown) => failures.push(e));
-    });
-    try {
+    const start = (fake: FakeSlack) =>
+      startHttpAdapter(fake, async (m, r) => {
+        await r.send({ kind: 'answer', segments: [{ type: 'text', text: `You said: ${m.text}` }] }).catch((e: unknown) => failures.push(e));
+      });
+    await withFakeSlack(start, async (fake, adapter) => {
       await postEvent(adapter.httpPort ?? 0, eventEnvelope({ type: 'app_mention', user: 'U1', text: '<@UBOT> odd \ud800 text', channel: 'C7', ts: '9.1', event_ts: '9.1' }));
       await eventually(() => fake.messages.some((m) => m.channel === 'C7') || failures.length > 0);
       expect(failures).toEqual([]);
       expect(fake.messages.find((m) => m.channel === 'C7')?.text).toBe('You said: odd \ufffd text');
-    } finally {
-      await adapter.stop();
-      await fake.stop();
-    }
+    });
   });
 
   it('Slack Socket Mode: an envelope whose event Bolt cannot read is acknowledged (not redelivered to fail again)', async () => {
-    const fake = new FakeSlack();
-    await fake.start();
-    const adapter = await startSocketAdapter(fake, async () => undefined);
-    try {
+    await withFakeSlack((fake) => startSocketAdapter(fake, async () => undefined), async (fake) => {
       fake.deliverOverSocket('env-null-channel', eventEnvelope({ type: 'app_mention', user: 'U1', text: '<@UBOT> hi', channel: null, ts: '8.3', event_ts: '8.3' }));
       await eventually(() => fake.socketAcks.includes('env-null-channel'));
-    } finally {
-      await adapter.stop();
-      await fake.stop();
-    }
+    });
   });
 
   it('Slack: a signed event with channel null is acknowledged (not 500), and the next message is answered', async () => {
-    const fake = new FakeSlack();
-    await fake.start();
     const received: string[] = [];
-    const adapter = await startHttpAdapter(fake, async (m, r) => {
-      received.push(m.text);
-      await r.send({ kind: 'answer', segments: [{ type: 'text', text: 'ok' }] });
-    });
-    try {
+    const start = (fake: FakeSlack) =>
+      startHttpAdapter(fake, async (m, r) => {
+        received.push(m.text);
+        await r.send({ kind: 'answer', segments: [{ type: 'text', text: 'ok' }] });
+      });
+    await withFakeSlack(start, async (_fake, adapter) => {
       const bad = await postEvent(adapter.httpPort ?? 0, eventEnvelope({ type: 'app_mention', user: 'U1', text: '<@UBOT> hi', channel: null, ts: '8.1', event_ts: '8.1' }));
       expect(bad.status).toBe(200);
       const good = await postEvent(adapter.httpPort ?? 0, eventEnvelope({ type: 'app_mention', user: 'U1', text: '<@UBOT> hello', channel: 'C1', ts: '8.2', event_ts: '8.2' }));
       expect(good.status).toBe(200);
       await eventually(() => received.length === 1);
       expect(received).toEqual(['hello']);
-    } finally {
-      await adapter.stop();
-      await fake.stop();
-    }
+    });
   });
 });
+
+/** Starts the fake Slack and an adapter on it, runs `body`, then stops the adapter and the fake. */
+async function withFakeSlack(start: (fake: FakeSlack) => Promise<SlackAdapter>, body: (fake: FakeSlack, adapter: SlackAdapter) => Promise<void>): Promise<void> {
+  const fake = new FakeSlack();
+  await fake.start();
+  const adapter = await start(fake);
+  try {
+    await body(fake, adapter);
+  } finally {
+    await adapter.stop();
+    await fake.stop();
+  }
+}
+
+/** The service's message handler on `engine`, with history in memory and a scheduler that never refuses. */
+function handlerOn(engine: Engine): MessageHandler {
+  return createMessageHandler({
+    engine,
+    history: new SqliteHistoryStore(':memory:', { maxTurns: 10 }),
+    scheduler: new Scheduler({ concurrency: 1, maxQueued: 10, userRatePerMinute: 100, userBurst: 100, jobTimeoutMs: 10_000 }),
+    logger: pino({ level: 'silent' }),
+  });
+}

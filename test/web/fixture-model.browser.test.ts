@@ -3,15 +3,13 @@
  * CC3M-format index imported): images the model retrieves mid-answer, and for /retrieve, appear
  * in the page decoded, in the reference's order, with their source. Saves the screenshot artifact.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { convertBundle } from '../../src/convert/convert.ts';
 import { openEngine } from '../../src/model/engine.ts';
-import { importPickle } from '../../src/retrieval/import-pickle.ts';
-import { serveFixtureImages } from '../model/helpers.ts';
+import { fixtureBundleWithIndex, type FixtureImages } from '../model/helpers.ts';
 import { decodedSizes, launchChromium, openChat, SKIP_BROWSER } from './browser.ts';
 import { startWebChat, type WebChat } from './harness.ts';
 
@@ -20,7 +18,7 @@ const cases = JSON.parse(await readFile(join(FIXTURES, 'reference/fromage_cases.
 export const SCREENSHOT = '.tmp/web-chat-fixture.png';
 
 let work: string;
-let images: Awaited<ReturnType<typeof serveFixtureImages>>;
+let images: FixtureImages;
 let chat: WebChat;
 let browser: Browser;
 let page: Page;
@@ -47,21 +45,9 @@ async function rowsShown(): Promise<number[]> {
 describe.skipIf(SKIP_BROWSER)('the web chat on the fixture model in Chromium', () => {
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'fromage-web-model-'));
-    const bundle = join(work, 'bundle');
-    await convertBundle({
-      optDir: join(FIXTURES, 'facebook/opt-6.7b'),
-      clipDir: join(FIXTURES, 'openai/clip-vit-large-patch14'),
-      fromageDir: join(FIXTURES, 'fromage_model'),
-      outDir: bundle,
-      weights: 'fp32',
-      progress: { silent: true },
-    });
-    images = await serveFixtureImages();
-    const index = join(work, 'index');
-    await importPickle(join(FIXTURES, 'fromage_model/cc3m_embeddings.pkl'), index, { silent: true });
-    // The fixture index names its images http://127.0.0.1:PORT/img/...: point them at our server.
-    const urls = await readFile(join(index, 'urls.txt'), 'utf8');
-    await writeFile(join(index, 'urls.txt'), urls.replaceAll('PORT', String(images.port)));
+    const fixture = await fixtureBundleWithIndex(work);
+    const { bundle, index } = fixture;
+    images = fixture.images;
     const dataDir = join(work, 'data');
     const engine = await openEngine({ bundleDir: bundle, indexDirs: [index], device: 'cpu', threads: 1, dataDir, fetchAllow: ['127.0.0.1'] });
     chat = await startWebChat({ engine, dataDir });
