@@ -10,7 +10,10 @@
  *     (the engine's default budget).
  *  b. resume: that dialogue's turn 13 on a fresh engine, from the disk spill (kvDir) vs cold.
  *  c. concurrency: 1, 2, 4, 8 conversations at once: aggregate tokens/s, per-conversation
- *     ms/token (engine option batch = 8).
+ *     ms/token (the default FROMAGE_BATCH, so 8 at once means 4 decoding and 4 waiting).
+ *
+ * Every engine gets the settings `fromage serve` passes with an empty .env (threads, batch,
+ * kept-cache budget and codec) unless a section says otherwise.
  *  d. memory: peak RSS (in a child process of its own) with 4 active conversations plus kept
  *     caches filled to the budget.
  *
@@ -37,6 +40,7 @@ import { readManifest, TOKENIZER_FILE } from '../src/model/bundle.ts';
 import { FromageEngine, type EngineOptions } from '../src/model/engine.ts';
 import { createSession } from '../src/model/session.ts';
 import { resolveThreads } from '../src/model/threads.ts';
+import { loadConfig } from '../src/config.ts';
 import { Tokenizer } from '../src/model/tokenizer/tokenizer.ts';
 import { benchBundle, benchWork, BUNDLE_OPTIONS } from './bench-bundle.ts';
 import { SYNTHETIC_WORDS } from './synthetic-bundle.ts';
@@ -62,8 +66,17 @@ function features(): Features {
 }
 
 /** Options beyond the base set, passed only when the build knows them. */
+/** What `fromage serve` passes with an empty .env (batch, kept-cache budget and codec, threads), then `extra`. */
+const USER_DEFAULTS = loadConfig({});
+
 function engineOptions(bundleDir: string, extra: Record<string, unknown> = {}): EngineOptions {
-  return { bundleDir, indexDirs: [], fetch: false, onLog: () => undefined, ...extra } as EngineOptions;
+  const defaults = {
+    threads: USER_DEFAULTS.FROMAGE_THREADS || undefined,
+    batch: USER_DEFAULTS.FROMAGE_BATCH,
+    kvCacheMb: USER_DEFAULTS.FROMAGE_KV_CACHE_MB,
+    kvCodec: USER_DEFAULTS.FROMAGE_KV_CODEC,
+  };
+  return { bundleDir, indexDirs: [], fetch: false, onLog: () => undefined, ...defaults, ...extra } as EngineOptions;
 }
 
 /** Deterministic user text of about `words` words. */
@@ -212,9 +225,9 @@ async function sectionResume(bundleDir: string, f: Features, turns: number, answ
 }
 
 async function sectionConcurrency(bundleDir: string, f: Features, answer: number): Promise<void> {
-  out(`\nc. concurrency: N conversations at once, ~60-position prompts, ${answer}-token answers${f.batch ? ' (batch 8)' : ''}\n`);
+  out(`\nc. concurrency: N conversations at once, ~60-position prompts, ${answer}-token answers${f.batch ? ` (FROMAGE_BATCH=${USER_DEFAULTS.FROMAGE_BATCH}, the default: more conversations wait for a row)` : ''}\n`);
   if (!f.batch) out(`   batched decoding: ${NA}; the figures below are this build serving one answer at a time\n`);
-  const engine = await FromageEngine.start(engineOptions(bundleDir, f.batch ? { batch: 8 } : {}));
+  const engine = await FromageEngine.start(engineOptions(bundleDir));
   try {
     await timedChat(engine, [], { role: 'user', text: userText(99, 10), images: [], at: 0 }, 4);
     out('at once | aggregate tokens/s | per-conversation ms/token (median) | wall\n');
