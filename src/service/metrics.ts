@@ -22,14 +22,16 @@ function servingGauges(registry: Registry, read: () => Promise<ServingStats | un
     ['fromage_batch_rows', 'Conversations decoding in the batch now', (s) => s.batch.rows],
     ['fromage_batch_rows_max', 'Rows the batch holds (FROMAGE_BATCH)', (s) => s.batch.maxRows],
     ['fromage_batch_waiting', 'Jobs waiting for a batch row', (s) => s.batch.waiting],
+    ['fromage_batch_waiting_memory', 'Jobs waiting for KV memory under FROMAGE_KV_CACHE_MB while a batch row is free', (s) => s.batch.waitingForMemory],
     ['fromage_batch_occupancy', 'Mean rows per decoder step since the model worker started', (s) => (s.batch.steps > 0 ? s.batch.rowSteps / s.batch.steps : 0)],
     ['fromage_kv_reused_positions', 'Prompt positions taken from kept caches since the model worker started', (s) => s.kv?.reusedPositions],
     ['fromage_kv_prefilled_positions', 'Prompt positions prefilled since the model worker started', (s) => s.kv?.prefilledPositions],
     ['fromage_kv_evictions', 'Kept caches evicted from memory since the model worker started', (s) => s.kv?.evictions],
     ['fromage_kv_spill_writes', 'Kept caches written to the disk spill since the model worker started', (s) => s.kv?.spillWrites],
     ['fromage_kv_spill_reads', 'Kept caches read back from the disk spill since the model worker started', (s) => s.kv?.spillReads],
+    ['fromage_kv_live_bytes', 'Memory held by live KV caches: rows answering and prompts being prefilled', (s) => s.batch.liveBytes],
     ['fromage_kv_bytes', 'Memory held by kept caches', (s) => s.kv?.bytes],
-    ['fromage_kv_budget_bytes', 'Memory budget for kept caches (FROMAGE_KV_CACHE_MB)', (s) => s.kv?.budgetBytes],
+    ['fromage_kv_budget_bytes', 'Memory budget for live and kept KV caches together (FROMAGE_KV_CACHE_MB)', (s) => s.kv?.budgetBytes],
   ];
   // One read per scrape, shared by every gauge.
   let pending: Promise<ServingStats | undefined> | undefined;

@@ -12,13 +12,22 @@
  * the copy is offered to the store in the background (a later prompt's match waits for it); a
  * cancelled row is dropped before the next step. Every decoder call goes through the gate in
  * arrival order, so no two overlap.
+ *
+ * When the store bounds memory (KvStore.memory: FROMAGE_KV_CACHE_MB > 0), that budget holds the
+ * live caches too (kv-memory.ts): each prefill cache and each pool buffer is counted as it is
+ * allocated (kept entries are evicted to make room), a job takes its row only when what all
+ * admitted jobs may still allocate fits beside it (in arrival order: a job that waits is not
+ * overtaken by a smaller one), and a finished row is handed to the store straight from the pool,
+ * inside the step, instead of through a copy. Without a bound, live caches are limited only by
+ * maxRows and the context, as before.
  */
 import { checkContext, type GenerateCallbacks, type GenerateSettings, type Generated, type TokenGenerator } from '../model/generate.ts';
 import { CancelledError, throwIfAborted } from '../model/errors.ts';
 import type { FromageGraphs } from '../model/graphs.ts';
 import type { KvCache } from '../model/kv-cache.ts';
 import type { AssembledPrompt } from '../model/prompt.ts';
-import type { KvReader, KvStore, PositionKey } from './kv-types.ts';
+import type { KvMemory, KvReader, KvStore, PositionKey, PrefixMatch } from './kv-types.ts';
+import { liveBound, positionBytes, type LiveJob } from './kv-memory.ts';
 import { Sequence } from './sequence.ts';
 import { SlotPool } from './slot-pool.ts';
 
@@ -46,8 +55,14 @@ export interface BatcherOptions {
 export interface BatcherStats {
   readonly rows: number;
   readonly maxRows: number;
-  /** Jobs waiting for a row. */
+  /** Jobs waiting for a row (for a free one, or for memory: see waitingForMemory). */
   readonly waiting: number;
+  /** Of those, jobs waiting while a row is free: for live KV memory under the budget. */
+  readonly waitingForMemory: number;
+  /** Bytes of live KV caches: the batch's rows and the caches of prompts being prefilled. */
+  readonly liveBytes: number;
+  /** The budget live and kept caches share (FROMAGE_KV_CACHE_MB); 0 when live caches are not bounded. */
+  readonly memoryBudgetBytes: number;
   readonly steps: number;
   /** Sum over steps of the rows decoded: rowSteps / steps is the mean batch occupancy. */
   readonly rowSteps: number;
@@ -66,42 +81,68 @@ class FifoGate {
   };
 }
 
-/** At most `size` holders; waiters are served in arrival order; an aborted waiter leaves the line. */
-class Admission {
-  private held = 0;
-  private readonly waiters: { grant: () => void; reject: (e: Error) => void }[] = [];
-  constructor(private readonly size: number) {}
+/**
+ * At most `size` holders, and a newcomer only when `fits` says the holders and it fit together
+ * (always when it would be alone); waiters are served in arrival order (the first one that does
+ * not fit holds the others back); an aborted waiter leaves the line. pump() looks again after
+ * the holders' needs shrank.
+ */
+class Admission<T> {
+  readonly holders = new Set<T>();
+  private readonly waiters: { job: T; grant: () => void }[] = [];
+  constructor(
+    private readonly size: number,
+    private readonly fits: (holders: ReadonlySet<T>, job: T) => boolean,
+  ) {}
 
   get waiting(): number {
     return this.waiters.length;
   }
 
-  acquire(signal?: AbortSignal): Promise<() => void> {
-    const release = (): void => {
-      const next = this.waiters.shift();
-      if (next) next.grant();
-      else this.held--;
-    };
-    if (this.held < this.size) {
-      this.held++;
-      return Promise.resolve(once(release));
+  /** Waiters held back by `fits` while a place is free. */
+  get waitingForMemory(): number {
+    return this.holders.size < this.size ? this.waiters.length : 0;
+  }
+
+  private admissible(job: T): boolean {
+    return this.holders.size < this.size && (this.holders.size === 0 || this.fits(this.holders, job));
+  }
+
+  acquire(job: T, signal?: AbortSignal): Promise<() => void> {
+    const release = once(() => {
+      this.holders.delete(job);
+      this.pump();
+    });
+    if (this.waiters.length === 0 && this.admissible(job)) {
+      this.holders.add(job);
+      return Promise.resolve(release);
     }
     return new Promise((resolve, reject) => {
       const waiter = {
+        job,
         grant: () => {
           signal?.removeEventListener('abort', onAbort);
-          resolve(once(release));
+          resolve(release);
         },
-        reject,
       };
       const onAbort = (): void => {
         const i = this.waiters.indexOf(waiter);
         if (i >= 0) this.waiters.splice(i, 1);
         reject(new CancelledError());
+        // The next one may fit where this one did not.
+        if (i === 0) this.pump();
       };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(waiter);
     });
+  }
+
+  pump(): void {
+    while (this.waiters.length > 0 && this.admissible(this.waiters[0].job)) {
+      const next = this.waiters.shift()!;
+      this.holders.add(next.job);
+      next.grant();
+    }
   }
 }
 
@@ -131,7 +172,12 @@ export class Batcher {
   private readonly gate = new FifoGate();
   private readonly pool: SlotPool;
   private readonly rows: Row[] = [];
-  private readonly admission: Admission;
+  private readonly admission: Admission<LiveJob>;
+  /** The budget live caches count in (the store's), when it bounds them. */
+  private readonly memory: KvMemory | undefined;
+  /** Bytes of one position of a live cache. */
+  private readonly positionBytes: number;
+  private liveBytes = 0;
   private looping = false;
   /** Caches being handed to the store: a match waits for them, so a next turn finds its last one. */
   private readonly keeping = new Set<Promise<void>>();
@@ -142,60 +188,116 @@ export class Batcher {
     this.raw = o.graphs;
     this.graphs = o.graphs.withGate(this.gate.run, o.prefillChunk ?? BATCH_PREFILL_CHUNK);
     const cache = o.graphs.emptyCache();
-    this.pool = new SlotPool(cache.shape, o.maxRows);
-    this.admission = new Admission(o.maxRows);
+    const memory = o.store?.memory;
+    this.memory = memory && memory.budgetBytes > 0 ? memory : undefined;
+    this.positionBytes = positionBytes(cache.shape);
+    this.pool = new SlotPool(cache.shape, o.maxRows, { memory: { grow: (n) => this.grow(n), shrink: (n) => this.shrink(n) }, tightRows: this.memory !== undefined });
+    const budget = this.memory?.budgetBytes;
+    this.admission = new Admission<LiveJob>(o.maxRows, (holders, job) => budget === undefined || liveBound(cache.shape, this.pool, [...holders, job]) <= budget);
   }
 
   stats(): BatcherStats {
-    return { rows: this.rows.length, maxRows: this.o.maxRows, waiting: this.admission.waiting, steps: this.steps, rowSteps: this.rowSteps };
+    return {
+      rows: this.rows.length,
+      maxRows: this.o.maxRows,
+      waiting: this.admission.waiting,
+      waitingForMemory: this.admission.waitingForMemory,
+      liveBytes: this.liveBytes,
+      memoryBudgetBytes: this.memory?.budgetBytes ?? 0,
+      steps: this.steps,
+      rowSteps: this.rowSteps,
+    };
+  }
+
+  /** Counts live bytes (and, under a budget, makes room for them among the kept caches). */
+  private grow(bytes: number): void {
+    this.liveBytes += bytes;
+    this.memory?.growLive(bytes);
+  }
+
+  private shrink(bytes: number): void {
+    this.liveBytes -= bytes;
+    this.memory?.shrinkLive(bytes);
   }
 
   /** A TokenGenerator (src/model/fromage.ts) answering through the batch. */
   readonly generate: TokenGenerator = async (prompt, s, cb) => {
     checkContext(prompt.length, s.numWords, s.maxPositions);
     throwIfAborted(cb.signal);
-    const release = await this.admission.acquire(cb.signal);
+    const job: LiveJob = { prompt: prompt.length, end: prompt.length + s.numWords, joined: false };
+    const release = await this.admission.acquire(job, cb.signal);
     try {
-      return await this.run(prompt, s, cb);
+      return await this.run(prompt, s, cb, job);
     } finally {
       release();
     }
   };
 
-  private async run(prompt: AssembledPrompt, s: GenerateSettings, cb: GenerateCallbacks): Promise<Generated> {
+  private async run(prompt: AssembledPrompt, s: GenerateSettings, cb: GenerateCallbacks, job: LiveJob): Promise<Generated> {
     const keys = cb.keys !== undefined && cb.keys.length === prompt.length ? cb.keys : undefined;
+    // Looked up before the prompt's cache is counted: the match is then the most recently used
+    // kept entry, the last one that counting the cache would evict.
+    const match = await this.findPrefix(keys);
     const cache = this.graphs.emptyCache();
-    cache.preallocate(prompt.length);
-    const reused = await this.restore(cache, keys);
-    this.o.store?.notePrefilled(prompt.length - reused);
-    const H = this.graphs.hidden;
-    const step = await this.graphs.decode(prompt.embeds.subarray(reused * H), cache, 1, cb.signal);
-    const seq = new Sequence(s, cb);
-    const token = seq.advance(step.logits);
-    if (token === undefined) {
-      if (keys) this.keepLater(keys, cache);
-      return seq.result();
+    const cacheBytes = prompt.length * this.positionBytes;
+    this.grow(cacheBytes);
+    let held = true;
+    const drop = (): void => {
+      if (!held) return;
+      held = false;
+      this.shrink(cacheBytes);
+      job.joined = true; // its prefill cache is gone: admission need not count it any more
+      this.admission.pump();
+    };
+    try {
+      cache.preallocate(prompt.length);
+      const reused = await this.restore(cache, match);
+      this.o.store?.notePrefilled(prompt.length - reused);
+      const H = this.graphs.hidden;
+      const step = await this.graphs.decode(prompt.embeds.subarray(reused * H), cache, 1, cb.signal);
+      const seq = new Sequence(s, cb);
+      const token = seq.advance(step.logits);
+      if (token === undefined) {
+        if (keys) {
+          if (this.memory) await this.keepNow(keys, cache);
+          else this.keepLater(keys, cache);
+        }
+        return seq.result();
+      }
+      return await new Promise<Generated>((resolve, reject) => {
+        const row: Row = { seq, token, keys, signal: cb.signal, resolve, reject };
+        this.gate
+          .run(async () => {
+            this.pool.join(cache, s.numWords);
+            drop();
+            this.rows.push(row);
+            this.kick();
+          })
+          .catch(reject);
+      });
+    } finally {
+      drop();
     }
-    return new Promise<Generated>((resolve, reject) => {
-      const row: Row = { seq, token, keys, signal: cb.signal, resolve, reject };
-      this.gate
-        .run(async () => {
-          this.pool.join(cache, s.numWords);
-          this.rows.push(row);
-          this.kick();
-        })
-        .catch(reject);
-    });
   }
 
-  /** Copies the longest kept prefix of `keys` into `cache`; returns the positions reused. */
-  private async restore(cache: KvCache, keys: readonly PositionKey[] | undefined): Promise<number> {
+  /** The longest kept prefix of `keys` (failures of the store only cost the reuse). */
+  private async findPrefix(keys: readonly PositionKey[] | undefined): Promise<PrefixMatch | undefined> {
     const store = this.o.store;
-    if (!store || !keys || keys.length < 2) return 0;
+    if (!store || !keys || keys.length < 2) return undefined;
     await Promise.all(this.keeping);
     try {
       const match = await store.match(keys, keys.length - 1);
-      if (!match || match.length === 0) return 0;
+      return match && match.length > 0 ? match : undefined;
+    } catch (err) {
+      this.o.warn?.(`kept KV cache not reused (${err instanceof Error ? err.message : String(err)}); prefilling the whole prompt`);
+      return undefined;
+    }
+  }
+
+  /** Copies a kept prefix into `cache`; returns the positions reused. */
+  private async restore(cache: KvCache, match: PrefixMatch | undefined): Promise<number> {
+    if (!match) return 0;
+    try {
       await cache.restorePrefix(match.length, (into) => match.copyInto(into));
       return match.length;
     } catch (err) {
@@ -203,6 +305,14 @@ export class Batcher {
       // restorePrefix sets the length only once the copy succeeded: the cache is still empty.
       return 0;
     }
+  }
+
+  /**
+   * Gives a finished sequence's cache to the store and waits for it (under a memory budget: the
+   * cache is not copied first, so it is read while it is still counted).
+   */
+  private async keepNow(keys: readonly PositionKey[], from: KvReader): Promise<void> {
+    await this.o.store?.insert(keys, from).catch((err: unknown) => this.o.warn?.(`could not keep a KV cache (${err instanceof Error ? err.message : String(err)})`));
   }
 
   /** Offers a finished sequence's cache to the store without making anyone wait for it. */
@@ -236,7 +346,7 @@ export class Batcher {
   /** One decoder call for every row; runs inside the gate. */
   private async step(): Promise<void> {
     // A cancelled answer leaves before the call rather than after it.
-    for (const row of [...this.rows]) if (row.signal?.aborted) this.leave(row, new CancelledError());
+    for (const row of [...this.rows]) if (row.signal?.aborted) await this.leave(row, new CancelledError());
     const n = this.rows.length;
     if (n === 0) return;
     let out;
@@ -244,7 +354,7 @@ export class Batcher {
       const embeds = await this.raw.embedTokens(this.rows.map((r) => r.token));
       out = await this.raw.decodeStep(embeds, this.pool);
     } catch (err) {
-      for (const row of [...this.rows]) this.leave(row, err);
+      for (const row of [...this.rows]) await this.leave(row, err);
       return;
     }
     this.steps++;
@@ -262,19 +372,30 @@ export class Batcher {
         done.push(row);
       }
     });
-    for (const row of done) this.leave(row, row.error);
+    for (const row of done) await this.leave(row, row.error);
   }
 
-  /** Frees a row (a finished one's cache copied out for the store first) and settles its job. */
-  private leave(row: Row, error: unknown): void {
+  /**
+   * Frees a row (a finished one's cache given to the store first: straight from the pool under
+   * a memory budget, else copied out and offered in the background) and settles its job. Runs
+   * inside the gate, so the pool does not change while the store reads it.
+   */
+  private async leave(row: Row, error: unknown): Promise<void> {
+    if (!this.rows.includes(row)) return;
+    if (error === undefined && row.keys && this.o.store) {
+      const keys = [...row.keys, ...row.seq.fedBack];
+      const index = this.rows.indexOf(row);
+      if (this.memory) await this.keepNow(keys, this.pool.reader(index));
+      else this.keepLater(keys, this.pool.snapshot(index));
+    }
     const index = this.rows.indexOf(row);
-    if (index < 0) return;
-    if (error === undefined && row.keys && this.o.store) this.keepLater([...row.keys, ...row.seq.fedBack], this.pool.snapshot(index));
     const moved = this.pool.leave(index);
     if (moved !== undefined) this.rows[index] = this.rows[moved];
     this.rows.pop();
     if (error === undefined) row.resolve(row.seq.result());
     else row.reject(error);
+    // The pool may have shrunk: a job waiting for memory may fit now.
+    this.admission.pump();
   }
 
   /** Writes what the store keeps (on shutdown). Jobs must have ended (their signals aborted). */

@@ -3,6 +3,10 @@
  * FROMAGE_DATA_DIR) and the loaded bundle to the prefix store's options, with the line the
  * start log prints. The memory default is computed here, at start, from the memory this process
  * may use (the machine's, or its cgroup's limit when lower) minus the model's weights.
+ *
+ * FROMAGE_KV_CACHE_MB (> 0) bounds all KV memory beyond the model: the live caches of the
+ * answers being written first, kept caches in what is left (kv-memory.ts). 0 turns reuse off and
+ * leaves live caches bounded only by FROMAGE_BATCH and the context.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
@@ -10,13 +14,21 @@ import { join } from 'node:path';
 import { UserFacingError } from '../conversation/errors.ts';
 import type { Manifest } from '../model/manifest.ts';
 import { encodedBytes, type KvCodecName } from './kv-codec.ts';
+import { oneJobLiveBytes, positionBytes } from './kv-memory.ts';
 import type { KvShape } from './kv-types.ts';
 import type { KvStoreOptions } from './prefix-store.ts';
 
 const MIB = 1024 * 1024;
 
-/** Share of (usable memory - model weights) kept caches get by default. */
-export const DEFAULT_KV_MEMORY_SHARE = 0.25;
+/**
+ * Share of (usable memory - model weights) KV caches, live and kept, get by default. Half: on the
+ * OPT-6.7B shape (1 MiB per position in float32) a 24 GiB machine with 4.3 GB of int4 weights
+ * gets about 10 GiB, which holds FROMAGE_BATCH=4 rows of up to 2000 positions (8 GiB) while the
+ * fourth one's prompt cache (2 GiB) is joining them; the other half is left to onnxruntime's
+ * working memory, the process and the system. A quarter (5 GiB) would let only one answer near
+ * full context run at a time there.
+ */
+export const DEFAULT_KV_MEMORY_SHARE = 0.5;
 /** Upper bound of the default: beyond it, more kept conversations buy little. */
 export const DEFAULT_KV_MEMORY_CAP_MB = 16 * 1024;
 export const DEFAULT_KV_DISK_MB = 4096;
@@ -68,7 +80,7 @@ export function usableMemoryBytes(): number {
   return total;
 }
 
-/** The default memory budget: a quarter of what is left beside the weights, at most 16 GiB, whole MiB. */
+/** The default memory budget: half of what is left beside the weights, at most 16 GiB, whole MiB. */
 export function defaultKvCacheBytes(usableBytes: number, weightBytes = 0): number {
   const share = Math.max(0, usableBytes - weightBytes) * DEFAULT_KV_MEMORY_SHARE;
   return Math.floor(Math.min(share, DEFAULT_KV_MEMORY_CAP_MB * MIB) / MIB) * MIB;
@@ -79,25 +91,36 @@ function mib(bytes: number): string {
 }
 
 /**
+ * The least budget that works: one conversation at full context must be able to answer alone
+ * (its prompt's cache and its batch row, float32, live) and then be kept (in its codec).
+ */
+export function minimumKvCacheBytes(bundle: KvBundleInfo, codec: KvCodecName): number {
+  const kept = encodedBytes(bundle.shape, bundle.maxPositions, codec) + bundle.maxPositions * 8 + 256;
+  return Math.max(kept, oneJobLiveBytes(bundle.shape, bundle.maxPositions));
+}
+
+/**
  * The store's options and the start-log line. An explicit FROMAGE_KV_CACHE_MB too small for one
- * conversation at full context is refused (KvBudgetError); a default that small turns reuse off.
+ * conversation answering at full context is refused (KvBudgetError); a default that small turns
+ * reuse off (and live caches are then unbounded, as with 0).
  */
 export function kvStoreSetup(config: KvConfig, bundle: KvBundleInfo, usableBytes: number = usableMemoryBytes()): { options: KvStoreOptions; description: string } {
   const codec = config.FROMAGE_KV_CODEC;
-  const fullContext = encodedBytes(bundle.shape, bundle.maxPositions, codec) + bundle.maxPositions * 8 + 256;
   const explicit = config.FROMAGE_KV_CACHE_MB !== undefined;
   let budgetBytes = explicit ? (config.FROMAGE_KV_CACHE_MB ?? 0) * MIB : defaultKvCacheBytes(usableBytes, bundle.weightBytes);
   let off = budgetBytes === 0 ? 'FROMAGE_KV_CACHE_MB=0' : '';
-  if (budgetBytes > 0 && budgetBytes < fullContext) {
-    const need = Math.ceil(fullContext / MIB);
+  const rowMib = Math.ceil((bundle.maxPositions * positionBytes(bundle.shape)) / MIB);
+  if (budgetBytes > 0 && budgetBytes < minimumKvCacheBytes(bundle, codec)) {
+    const need = Math.ceil(minimumKvCacheBytes(bundle, codec) / MIB);
     if (explicit) {
       throw new KvBudgetError(
-        `FROMAGE_KV_CACHE_MB=${config.FROMAGE_KV_CACHE_MB} cannot hold one conversation's KV cache at full context ` +
-          `(${bundle.maxPositions} positions stored as ${codec} take ${need} MiB for this model): set it to at least ${need}, ` +
-          `store them smaller with FROMAGE_KV_CODEC=fp16 or int8, or set it to 0 to turn prefix reuse off`,
+        `FROMAGE_KV_CACHE_MB=${config.FROMAGE_KV_CACHE_MB} cannot hold the KV memory of one conversation at full context: ` +
+          `FROMAGE_KV_CACHE_MB bounds live and kept caches together, and while an answer is written its prompt's cache and its batch row ` +
+          `(${bundle.maxPositions} positions each, float32, ${rowMib} MiB each for this model) take ${need} MiB: set it to at least ${need}, ` +
+          `or set it to 0 to turn prefix reuse off (live caches are then bounded only by FROMAGE_BATCH and the context)`,
       );
     }
-    off = `the default budget (${mib(budgetBytes)}, a quarter of the memory beside the model) is below one conversation at full context (${need} MiB as ${codec}); set FROMAGE_KV_CACHE_MB${codec === 'fp32' ? ', or FROMAGE_KV_CODEC=fp16 to store them in half the memory,' : ''} to turn it on`;
+    off = `the default budget (${mib(budgetBytes)}, half the memory beside the model) is below what one conversation at full context needs while it answers (${need} MiB); set FROMAGE_KV_CACHE_MB to turn it on`;
     budgetBytes = 0;
   }
   const dir = join(config.FROMAGE_DATA_DIR, 'kv');
@@ -107,11 +130,20 @@ export function kvStoreSetup(config: KvConfig, bundle: KvBundleInfo, usableBytes
     codec,
     spill: diskBytes > 0 ? { dir, budgetBytes: diskBytes, bundleId: bundle.id } : undefined,
   };
-  if (budgetBytes === 0) return { options, description: `kept KV caches: off (${off}); every turn prefills its whole prompt` };
+  if (budgetBytes === 0) {
+    return {
+      options,
+      description: `kept KV caches: off (${off}); every turn prefills its whole prompt; live KV caches are bounded only by FROMAGE_BATCH and the context (${rowMib} MiB per row at ${bundle.maxPositions} positions)`,
+    };
+  }
   const positions = Math.floor(budgetBytes / encodedBytes(bundle.shape, 1, codec));
+  const live = Math.floor(budgetBytes / positionBytes(bundle.shape));
   const disk = diskBytes > 0 ? `${mib(diskBytes)} on disk at ${dir}` : 'no disk spill (FROMAGE_KV_DISK_MB=0)';
   return {
     options,
-    description: `kept KV caches: up to ${mib(budgetBytes)} in memory (${codec}, about ${positions} positions${explicit ? '' : ', default'}), ${disk}`,
+    description:
+      `KV caches: up to ${mib(budgetBytes)} in memory${explicit ? '' : ' (default)'} for live and kept caches together: ` +
+      `answers being written first (float32, about ${live} positions across the batch; more wait for memory), ` +
+      `kept caches in what is left (${codec}, about ${positions} positions when none is live), ${disk}`,
   };
 }

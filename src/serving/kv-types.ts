@@ -55,8 +55,27 @@ export interface KvStoreStats {
   readonly spillReads: number;
 }
 
+/**
+ * The memory budget kept caches share with the live ones (FROMAGE_KV_CACHE_MB): live bytes are
+ * counted here as they are allocated and freed, and kept caches get what is left.
+ */
+export interface KvMemory {
+  readonly budgetBytes: number;
+  /** Live bytes counted now. */
+  readonly liveBytes: number;
+  /**
+   * Counts `bytes` more live memory, evicting kept entries first (least recently used, to the
+   * spill) so that live + kept stays within the budget. Never refuses: the batcher admits jobs
+   * so that live memory alone fits (kv-memory.ts).
+   */
+  growLive(bytes: number): void;
+  shrinkLive(bytes: number): void;
+}
+
 /** Kept caches of recent sequences, keyed by what their positions hold (never by conversation). */
 export interface KvStore {
+  /** Present when live caches count in the store's budget (the batcher then bounds them). */
+  readonly memory?: KvMemory;
   /**
    * The longest kept prefix of `keys`, at most `maxLength` positions (the caller passes
    * keys.length - 1 so that at least one position is decoded for logits). Looks in memory,

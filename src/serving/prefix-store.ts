@@ -13,17 +13,22 @@
  *
  * Memory is bounded by `budgetBytes` (distinct pieces + keys), least recently used first; an entry
  * being copied out is never evicted; an entry larger than the whole budget is not kept in memory
- * (it may still go to disk). Evicted entries are written to the spill in the background (the
+ * (it may still go to disk). The budget is shared with the live caches (`memory`: the batch's
+ * rows, prompts being prefilled): live bytes come first, and counting more of them evicts kept
+ * entries; kept entries get what is left. Evicted entries are written to the spill in the background (the
  * writes are serialized; at most half the budget, or one entry, waits for them), and close()
  * writes what is still kept.
  */
 import { bodyOf, decodeKvInto, encodeKv, joinPieces, shiftedReader, type EncodedKv, type KvCodecName } from './kv-codec.ts';
 import { KvSpill, type KvSpillOptions } from './kv-spill.ts';
-import type { KvReader, KvStore, KvStoreStats, KvWriter, PositionKey, PrefixMatch } from './kv-types.ts';
+import type { KvMemory, KvReader, KvStore, KvStoreStats, KvWriter, PositionKey, PrefixMatch } from './kv-types.ts';
 import { commonPrefixLength } from './position-keys.ts';
 
 export interface KvStoreOptions {
-  /** FROMAGE_KV_CACHE_MB in bytes; 0 turns reuse off (match finds nothing, insert keeps nothing). */
+  /**
+   * FROMAGE_KV_CACHE_MB in bytes, for live and kept caches together (live first); 0 turns reuse
+   * off (match finds nothing, insert keeps nothing, live caches are not bounded here).
+   */
   readonly budgetBytes: number;
   /** How kept caches are stored; default DEFAULT_KV_CODEC. 'fp32' keeps them exact. */
   readonly codec?: KvCodecName;
@@ -75,6 +80,8 @@ function overheadOf(keys: readonly PositionKey[]): number {
 }
 
 export interface PrefixStoreStats extends KvStoreStats {
+  /** Live bytes counted in the budget (kept bytes are `bytes`). */
+  readonly liveBytes: number;
   readonly diskEntries: number;
   readonly diskBytes: number;
   readonly diskBudgetBytes: number;
@@ -86,7 +93,11 @@ export class PrefixStore implements KvStore {
   private readonly entries = new Set<Entry>();
   /** Bytes of the distinct pieces of kept entries, plus each entry's bookkeeping. */
   private used = 0;
+  /** Live bytes (memory.growLive/shrinkLive): the budget's first claim. */
+  private live = 0;
   private closed = false;
+  /** Present when the budget is > 0. */
+  readonly memory: KvMemory | undefined;
   private readonly codec: KvCodecName;
   private readonly spill: Promise<KvSpill> | undefined;
   /** The spill once open (for stats, which are synchronous). */
@@ -99,6 +110,19 @@ export class PrefixStore implements KvStore {
     this.codec = options.codec ?? DEFAULT_KV_CODEC;
     if (!Number.isFinite(options.budgetBytes) || options.budgetBytes < 0) throw new RangeError(`budgetBytes must be >= 0, got ${options.budgetBytes}`);
     const spill = options.spill;
+    if (options.budgetBytes > 0) {
+      const live = (): number => this.live;
+      this.memory = {
+        budgetBytes: options.budgetBytes,
+        get liveBytes() {
+          return live();
+        },
+        growLive: (bytes) => this.growLive(bytes),
+        shrinkLive: (bytes) => {
+          this.live = Math.max(0, this.live - bytes);
+        },
+      };
+    }
     if (options.budgetBytes > 0 && spill && spill.budgetBytes > 0) {
       this.spill = KvSpill.open({ warn: options.warn, now: options.now, ...spill });
       void this.spill.then((s) => (this.spillState = s));
@@ -111,6 +135,27 @@ export class PrefixStore implements KvStore {
 
   private now(): number {
     return this.options.now?.() ?? Date.now();
+  }
+
+  /** Room kept entries have: what live caches leave of the budget. */
+  private get room(): number {
+    return Math.max(0, this.options.budgetBytes - this.live);
+  }
+
+  private growLive(bytes: number): void {
+    if (!(bytes > 0)) return;
+    this.live += bytes;
+    for (const victim of [...this.entries]) {
+      if (this.used <= this.room) break;
+      if (victim.pins > 0) continue;
+      this.evict(victim);
+    }
+  }
+
+  private evict(victim: Entry): void {
+    this.remove(victim);
+    this.counters.evictions++;
+    this.spillLater(victim);
   }
 
   private touch(entry: Entry): void {
@@ -211,17 +256,15 @@ export class PrefixStore implements KvStore {
       if (entry.keys.length <= keys.length && commonPrefixLength(entry.keys, keys) === entry.keys.length) this.remove(entry);
     }
     const entry: Entry = { keys, pieces, lastUsed: this.now(), pins: 0, onDisk };
-    const budget = this.options.budgetBytes;
+    const budget = this.room;
     // Evicting an entry that shares pieces with this one frees less: recount after each.
     for (const victim of [...this.entries]) {
       if (this.used + this.costOf(keys, pieces) <= budget) break;
       if (victim.pins > 0 || overheadOf(keys) + pieces.reduce((n, p) => n + p.kv.data.byteLength, 0) > budget) continue;
-      this.remove(victim);
-      this.counters.evictions++;
-      this.spillLater(victim);
+      this.evict(victim);
     }
     if (this.used + this.costOf(keys, pieces) > budget) {
-      this.spillLater(entry); // too big for memory, or everything else is being copied
+      this.spillLater(entry); // too big for what live caches leave, or everything else is being copied
       return undefined;
     }
     for (const p of pieces) if (p.refs++ === 0) this.used += p.kv.data.byteLength;
@@ -272,6 +315,7 @@ export class PrefixStore implements KvStore {
     return {
       entries: this.entries.size,
       bytes: this.used,
+      liveBytes: this.live,
       budgetBytes: this.options.budgetBytes,
       reusedPositions: this.counters.reusedPositions,
       prefilledPositions: this.counters.prefilledPositions,

@@ -10,6 +10,11 @@
  * still feed back), not a doubling: it grows to fit a joining row and shrinks when the rows left
  * need at most half of it (one copy of the filled slots either way, at most once per job). The
  * buffers are released when the last row leaves, so an idle pool holds no memory.
+ *
+ * Under a memory budget (`memory`, kv-memory.ts) the pool reports each buffer it allocates and
+ * drops, and a resize replaces one layer's buffer at a time, so at most one layer exists twice;
+ * with `tightRows` it allocates exactly the rows it holds (no spare rows) and gives rows back when
+ * it shrinks.
  */
 import * as ort from 'onnxruntime-node';
 import type { BatchedCache } from '../model/graphs.ts';
@@ -18,6 +23,18 @@ import type { KvReader, KvShape, KvWriter } from './kv-types.ts';
 export interface SlotPoolShape extends KvShape {
   /** The decoder's positions: no row grows past them. */
   readonly maxPositions: number;
+}
+
+/** Where the pool reports the bytes of the buffers it allocates and drops. */
+export interface PoolMemory {
+  grow(bytes: number): void;
+  shrink(bytes: number): void;
+}
+
+export interface SlotPoolOptions {
+  readonly memory?: PoolMemory;
+  /** Allocate exactly the rows held (no doubling) and shrink rows with the capacity. */
+  readonly tightRows?: boolean;
 }
 
 export class SlotPool implements BatchedCache {
@@ -32,6 +49,7 @@ export class SlotPool implements BatchedCache {
   constructor(
     readonly shape: SlotPoolShape,
     readonly maxRows: number,
+    private readonly options: SlotPoolOptions = {},
   ) {
     if (!(Number.isInteger(maxRows) && maxRows >= 1)) throw new RangeError(`a slot pool needs at least one row, got ${maxRows}`);
   }
@@ -50,6 +68,11 @@ export class SlotPool implements BatchedCache {
     return this.rowCap;
   }
 
+  /** Bytes of the buffers now. */
+  get allocatedBytes(): number {
+    return this.buffers.reduce((n, b) => n + b.byteLength, 0);
+  }
+
   rowLength(row: number): number {
     this.check(row);
     return this.lengths[row];
@@ -65,7 +88,9 @@ export class SlotPool implements BatchedCache {
     if (from.shape.layers !== layers || from.shape.heads !== heads || from.shape.headDim !== headDim) throw new RangeError('the cache joining the pool has another shape');
     const end = from.length + more;
     if (end > this.shape.maxPositions) throw new RangeError(`a row holds at most ${this.shape.maxPositions} positions; ${end} were asked for`);
-    this.resize(this.rows + 1, Math.max(this.cap, end));
+    const rows = this.rows + 1;
+    const rowCap = rows <= this.rowCap ? this.rowCap : this.options.tightRows ? rows : Math.min(this.maxRows, Math.max(rows, 2 * this.rowCap));
+    this.resize(rowCap, Math.max(this.cap, end));
     const row = this.lengths.length;
     for (let j = 0; j < 2 * layers; j++) {
       for (let h = 0; h < heads; h++) this.buffers[j].set(from.read(j, h, 0, from.length), this.offset(row, h, 0));
@@ -98,7 +123,7 @@ export class SlotPool implements BatchedCache {
     if (this.rows === 0) this.release();
     else {
       const needed = Math.max(...this.ends);
-      if (needed <= this.cap / 2) this.resize(this.rowCap, needed);
+      if (needed <= this.cap / 2) this.resize(this.options.tightRows ? this.rows : this.rowCap, needed);
     }
     return moved;
   }
@@ -195,21 +220,35 @@ export class SlotPool implements BatchedCache {
     for (let r = 0; r < n; r++) this.lengths[r]++;
   }
 
-  /** Buffers for `rows` rows of `cap` positions, holding the active rows' filled slots (one copy). */
-  private resize(rows: number, cap: number): void {
-    const rowCap = rows <= this.rowCap ? this.rowCap : Math.min(this.maxRows, Math.max(rows, 2 * this.rowCap));
+  /**
+   * Buffers for `rowCap` rows of `cap` positions, holding the active rows' filled slots (one
+   * copy), replaced one layer at a time so that at most one layer exists twice.
+   */
+  private resize(rowCap: number, cap: number): void {
     if (rowCap === this.rowCap && cap === this.cap) return;
     const { heads, headDim, layers } = this.shape;
-    const old = this.buffers;
+    const memory = this.options.memory;
+    // Dropped one by one as they are copied, so a collection during the next allocation may free them.
+    const old: (Float32Array | undefined)[] = this.buffers;
+    this.buffers = [];
     const oldCap = this.cap;
-    const next = Array.from({ length: 2 * layers }, () => new Float32Array(rowCap * heads * cap * headDim));
-    for (let j = 0; j < old.length; j++) {
-      for (const [r, len] of this.lengths.entries()) {
-        for (let h = 0; h < heads; h++) {
-          const from = (r * heads + h) * oldCap * headDim;
-          next[j].set(old[j].subarray(from, from + len * headDim), (r * heads + h) * cap * headDim);
+    const next: Float32Array[] = [];
+    for (let j = 0; j < 2 * layers; j++) {
+      memory?.grow(rowCap * heads * cap * headDim * 4);
+      const buf = new Float32Array(rowCap * heads * cap * headDim);
+      const src = old[j];
+      if (src) {
+        for (const [r, len] of this.lengths.entries()) {
+          if (r >= rowCap) break;
+          for (let h = 0; h < heads; h++) {
+            const from = (r * heads + h) * oldCap * headDim;
+            buf.set(src.subarray(from, from + len * headDim), (r * heads + h) * cap * headDim);
+          }
         }
+        memory?.shrink(src.byteLength);
+        old[j] = undefined;
       }
+      next.push(buf);
     }
     this.buffers = next;
     this.rowCap = rowCap;
@@ -217,6 +256,7 @@ export class SlotPool implements BatchedCache {
   }
 
   private release(): void {
+    this.options.memory?.shrink(this.allocatedBytes);
     this.buffers = [];
     this.ends.length = 0;
     this.rowCap = 0;

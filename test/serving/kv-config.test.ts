@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Manifest } from '../../src/model/manifest.ts';
-import { defaultKvCacheBytes, KvBudgetError, kvBundleInfo, kvStoreSetup } from '../../src/serving/kv-config.ts';
+import { defaultKvCacheBytes, KvBudgetError, kvBundleInfo, kvStoreSetup, minimumKvCacheBytes } from '../../src/serving/kv-config.ts';
 
 const MIB = 1024 * 1024;
 const GIB = 1024 * MIB;
@@ -22,40 +22,47 @@ describe('kept-cache configuration', () => {
     expect(() => loadConfig({ FROMAGE_KV_DISK_MB: '-1' })).toThrow(/FROMAGE_KV_DISK_MB/);
   });
 
-  it('defaults to a quarter of the memory beside the weights, at most 16 GiB', () => {
-    expect(defaultKvCacheBytes(24 * GIB, 6 * GIB)).toBe(4.5 * GIB);
+  it('defaults to half the memory beside the weights, at most 16 GiB', () => {
+    expect(defaultKvCacheBytes(24 * GIB, 6 * GIB)).toBe(9 * GIB);
+    expect(defaultKvCacheBytes(24 * GIB, 4 * GIB)).toBe(10 * GIB);
     expect(defaultKvCacheBytes(512 * GIB, 0)).toBe(16 * GIB);
     expect(defaultKvCacheBytes(4 * GIB, 6 * GIB)).toBe(0);
   });
 
   it('describes the default for the start log', () => {
     const { options, description } = kvStoreSetup(loadConfig({}), OPT, 24 * GIB);
-    expect(options).toMatchObject({ budgetBytes: 4.5 * GIB, codec: 'fp32', spill: { dir: 'data/kv', budgetBytes: 4 * GIB, bundleId: 'bundle-6.7b' } });
-    expect(description).toBe('kept KV caches: up to 4608 MiB in memory (fp32, about 4608 positions, default), 4096 MiB on disk at data/kv');
+    expect(options).toMatchObject({ budgetBytes: 9 * GIB, codec: 'fp32', spill: { dir: 'data/kv', budgetBytes: 4 * GIB, bundleId: 'bundle-6.7b' } });
+    expect(description).toBe(
+      'KV caches: up to 9216 MiB in memory (default) for live and kept caches together: answers being written first (float32, about 9216 positions across the batch; ' +
+        'more wait for memory), kept caches in what is left (fp32, about 9216 positions when none is live), 4096 MiB on disk at data/kv',
+    );
   });
 
   it('0 turns reuse (and the spill) off; disk 0 turns only the spill off', () => {
     const off = kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '0' }), OPT, 24 * GIB);
     expect(off.options).toMatchObject({ budgetBytes: 0, spill: undefined });
-    expect(off.description).toMatch(/off \(FROMAGE_KV_CACHE_MB=0\)/);
-    const noDisk = kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '3072', FROMAGE_KV_DISK_MB: '0' }), OPT, 24 * GIB);
-    expect(noDisk.options).toMatchObject({ budgetBytes: 3 * GIB, spill: undefined });
+    expect(off.description).toMatch(/off \(FROMAGE_KV_CACHE_MB=0\).*live KV caches are bounded only by FROMAGE_BATCH and the context \(2048 MiB per row at 2048 positions\)/);
+    const noDisk = kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '6144', FROMAGE_KV_DISK_MB: '0' }), OPT, 24 * GIB);
+    expect(noDisk.options).toMatchObject({ budgetBytes: 6 * GIB, spill: undefined });
     expect(noDisk.description).toMatch(/no disk spill/);
   });
 
-  it('refuses an explicit budget too small for one conversation, saying what to set', () => {
-    expect(() => kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '600' }), OPT, 24 * GIB)).toThrow(KvBudgetError);
-    expect(() => kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '600' }), OPT, 24 * GIB)).toThrow(
-      /FROMAGE_KV_CACHE_MB=600 cannot hold .*\(2048 positions stored as fp32 take 2049 MiB .* at least 2049.* or set it to 0/,
+  it('refuses an explicit budget too small for one conversation answering at full context (live caches count), saying what to set', () => {
+    // One answer alone: its prompt's cache (2048 MiB) and its batch row (2048 MiB, plus one layer while the pool resizes).
+    expect(minimumKvCacheBytes(OPT, 'fp32')).toBe((2 * 2048 + 32) * MIB);
+    expect(() => kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '3000' }), OPT, 24 * GIB)).toThrow(KvBudgetError);
+    expect(() => kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '3000' }), OPT, 24 * GIB)).toThrow(
+      /FROMAGE_KV_CACHE_MB=3000 cannot hold the KV memory of one conversation at full context: .*live and kept caches together.*\(2048 positions each, float32, 2048 MiB each for this model\) take 4128 MiB: set it to at least 4128, or set it to 0 .*bounded only by FROMAGE_BATCH and the context/,
     );
-    // int8 takes about a quarter: the same budget then fits.
-    expect(kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '600', FROMAGE_KV_CODEC: 'int8' }), OPT, 24 * GIB).options.budgetBytes).toBe(600 * MIB);
+    // Live caches are float32 whatever the codec: int8 no longer makes a smaller budget enough.
+    expect(() => kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '600', FROMAGE_KV_CODEC: 'int8' }), OPT, 24 * GIB)).toThrow(KvBudgetError);
+    expect(kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '4128' }), OPT, 24 * GIB).options.budgetBytes).toBe(4128 * MIB);
   });
 
   it('a default too small for one conversation turns reuse off instead of failing', () => {
     const { options, description } = kvStoreSetup(loadConfig({}), OPT, 12 * GIB);
     expect(options.budgetBytes).toBe(0);
-    expect(description).toMatch(/off \(the default budget \(1536 MiB.*2049 MiB as fp32\); set FROMAGE_KV_CACHE_MB, or FROMAGE_KV_CODEC=fp16/);
+    expect(description).toMatch(/off \(the default budget \(3072 MiB, half the memory beside the model\) is below .* \(4128 MiB\); set FROMAGE_KV_CACHE_MB to turn it on\)/);
   });
 
   it('takes the bundle id and shape from the manifest and the weights size from its files', async () => {

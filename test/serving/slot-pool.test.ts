@@ -158,4 +158,32 @@ describe('SlotPool', () => {
     for (let t = 0; t < T; t++) for (let h = 0; h < shape.heads; h++) expect(Array.from(snap.read(t, h, 4, 5))).toEqual([val(1, t, h, 4, 0), val(1, t, h, 4, 1)]);
     expect(() => snap.read(0, 0, 0, 6)).toThrow(/snapshot holding 5/);
   });
+
+  it('under a memory budget: reports every buffer allocated and dropped (at most one layer twice while resizing), rows tight, contents kept', () => {
+    let live = 0;
+    let peak = 0;
+    const memory = { grow: (n: number) => ((live += n), (peak = Math.max(peak, live))), shrink: (n: number) => (live -= n) };
+    const pool = new SlotPool(shape, 4, { memory, tightRows: true });
+    const layerBytes = (rows: number, cap: number): number => rows * shape.heads * cap * shape.headDim * 4;
+    pool.join(cacheOf(1, 10), 5);
+    pool.join(cacheOf(2, 60), 5);
+    pool.join(cacheOf(3, 12), 5);
+    // Exactly the rows held (no doubling to 4), each buffer counted once.
+    expect(pool.allocatedRows).toBe(3);
+    expect(live).toBe(pool.allocatedBytes);
+    expect(live).toBe(T * layerBytes(3, 65));
+    // Growing from 2 rows to 3: the old buffers, less one layer, plus the new ones never coexist whole.
+    expect(peak).toBeLessThanOrEqual(T * layerBytes(3, 65) + layerBytes(3, 65));
+    expectRows(pool, [1, 2, 3]);
+    // The longest row leaves: the rest need at most half the capacity, so rows and capacity shrink.
+    pool.leave(1);
+    expect(pool.allocatedRows).toBe(2);
+    expect(pool.capacity).toBe(17);
+    expect(live).toBe(pool.allocatedBytes);
+    expectRows(pool, [1, 3]);
+    pool.leave(0);
+    pool.leave(0);
+    expect(pool.allocatedBytes).toBe(0);
+    expect(live).toBe(0);
+  });
 });
