@@ -268,24 +268,38 @@ async function sectionMemory(bundleDir: string, f: Features, answer: number, kvM
     out(`   kept caches: ${NA}\n`);
     return;
   }
-  const report = await new Promise<{ modelMiB: number; peakMiB: number }>((res, rej) => {
+  const report = await new Promise<{ modelMiB: number; peakMiB: number; kvPeakMiB: number; liveAtPeakMiB: number; budgetMiB: number }>((res, rej) => {
     const c = fork(process.argv[1], ['--memory-child', bundleDir, String(answer), String(kvMb)], { execArgv: ['--import', 'tsx'] });
-    let got: { modelMiB: number; peakMiB: number } | undefined;
+    let got: { modelMiB: number; peakMiB: number; kvPeakMiB: number; liveAtPeakMiB: number; budgetMiB: number } | undefined;
     c.on('message', (m) => (got = m as typeof got));
     c.on('exit', (code) => (code === 0 && got ? res(got) : rej(new Error(`memory child failed (exit ${code})`))));
   });
-  out(`model loaded: ${report.modelMiB.toFixed(0)} MiB RSS; peak: ${report.peakMiB.toFixed(0)} MiB; peak - model = ${(report.peakMiB - report.modelMiB).toFixed(0)} MiB against a kept-cache budget of ${kvMb} MB plus 4 live caches\n`);
+  out(`model loaded: ${report.modelMiB.toFixed(0)} MiB RSS; peak: ${report.peakMiB.toFixed(0)} MiB; peak - model = ${(report.peakMiB - report.modelMiB).toFixed(0)} MiB against a KV budget (live + kept caches) of ${report.budgetMiB.toFixed(0)} MiB\n`);
+  out(`KV caches counted (sampled every 100 ms): peak live + kept ${report.kvPeakMiB.toFixed(0)} MiB (live ${report.liveAtPeakMiB.toFixed(0)} MiB then) against the budget of ${report.budgetMiB.toFixed(0)} MiB\n`);
 }
 
 async function memoryChild(bundleDir: string, answer: number, kvMb: number): Promise<void> {
   const engine = await FromageEngine.start(engineOptions(bundleDir, { kvCacheMb: kvMb, batch: 4 }));
   await timedChat(engine, [], { role: 'user', text: userText(1, 5), images: [], at: 0 }, 2);
   const modelMiB = process.memoryUsage().rss / 2 ** 20;
+  // Live + kept KV bytes as the engine counts them, beside the budget they share.
+  let kvPeak = 0;
+  let liveAtPeak = 0;
+  let budget = 0;
+  const sampler = setInterval(() => {
+    void engine.servingStats().then((st) => {
+      const live = st?.batch.liveBytes ?? 0;
+      budget = st?.kv?.budgetBytes ?? budget;
+      if (live + (st?.kv?.bytes ?? 0) > kvPeak) [kvPeak, liveAtPeak] = [live + (st?.kv?.bytes ?? 0), live];
+    });
+  }, 100);
   // Enough separate conversations to fill the kept-cache budget, then 4 at once.
   for (let i = 0; i < 16; i++) await dialogue(engine, 2, answer, 30);
   await Promise.all(Array.from({ length: 4 }, () => dialogue(engine, 3, answer, 30)));
+  clearInterval(sampler);
   await engine.close();
-  process.send?.({ modelMiB, peakMiB: process.resourceUsage().maxRSS / 1024 });
+  const mib = 2 ** 20;
+  process.send?.({ modelMiB, peakMiB: process.resourceUsage().maxRSS / 1024, kvPeakMiB: kvPeak / mib, liveAtPeakMiB: liveAtPeak / mib, budgetMiB: budget / mib });
 }
 
 function median(xs: readonly number[]): number {
@@ -314,7 +328,7 @@ async function main(): Promise<void> {
       turns: { type: 'string', default: '12' },
       answer: { type: 'string', default: '32' },
       only: { type: 'string', default: 'load,a,b,c,d' },
-      'kv-mb': { type: 'string', default: '256' },
+      'kv-mb': { type: 'string', default: '512' },
     },
   });
   const work = await benchWork(values);
