@@ -85,7 +85,7 @@ export const SECRET_KEYS = ['DISCORD_TOKEN', 'SLACK_BOT_TOKEN', 'SLACK_APP_TOKEN
 
 const HINTS: Partial<Record<keyof Config, string>> = {
   FROMAGE_DEVICE: 'set it to cpu or cuda',
-  FROMAGE_KV_CACHE_MB: 'MiB of memory for kept conversation caches; leave it empty for the default, 0 turns reuse off',
+  FROMAGE_KV_CACHE_MB: 'MiB of memory for all KV caches: those of answers being written first, kept conversation caches in what is left; leave it empty for the default, 0 turns reuse off (live caches are then bounded only by FROMAGE_BATCH and the context)',
   FROMAGE_KV_DISK_MB: 'MiB of disk for spilled conversation caches; 0 turns the spill off',
   FROMAGE_KV_CODEC: 'fp32 (default, exact), fp16 or int8',
   FROMAGE_REDIS_URL: 'for example redis://:password@redis-host:6379/0, or rediss://... for TLS; leave it empty to run the model in this process',
