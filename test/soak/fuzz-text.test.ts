@@ -19,9 +19,10 @@ import { discordUser } from './traffic.ts';
 
 let bot: SoakBot;
 let webConversation: string;
+const engine = new FakeEngine();
 
 beforeAll(async () => {
-  bot = await startSoakBot({ engine: new FakeEngine(), env: { FROMAGE_USER_RATE: '1000', FROMAGE_USER_BURST: '1000' } });
+  bot = await startSoakBot({ engine, env: { FROMAGE_USER_RATE: '1000', FROMAGE_USER_BURST: '1000' } });
   const res = await fetch(`${bot.web.url}api/conversations`, { method: 'POST', headers: { 'x-fromage-csrf': '1' } });
   webConversation = ((await res.json()) as { conversation: { id: string } }).conversation.id;
 }, 60_000);
@@ -140,5 +141,35 @@ describe('fuzz: hostile text', () => {
     expect(mentionProblems(bot)).toEqual([]);
     expect(bot.crashes).toEqual([]);
     expect(await secretLeaks(bot)).toEqual([]);
+  }, 600_000);
+
+  it('what users typed stays text: no special token reaches the model, nothing becomes HTML on the web chat', async () => {
+    // Whatever the generator drew, the web chat gets one of each at least.
+    await sendText({ parts: ['<script>x()</script>', '<b>bold</b>', '[RET]', '<|image|>', '\u0000', '\u001b[31m', '\u202e'], repeat: 1, platform: 'web' });
+    // Every question the model was asked (each is the last text of its prompt): a typed [RET],
+    // <|image|>, </s> or <pad> arrives broken by a WORD JOINER, never as the token's spelling.
+    const questions = engine.calls.map((c) => /Q: ([\s\S]*)\nA:$/.exec(c.prompt.filter((p) => p.type === 'text').map((p) => (p.type === 'text' ? p.text : '')).at(-1) ?? '')?.[1] ?? '');
+    const specials = questions.filter((q) => /\[RET\]|<\|image\|>|<\/s>|<pad>/.test(q));
+    // The web chat's transcript comes as JSON, and its saved page holds no markup a user wrote.
+    const res = await fetch(`${bot.web.url}api/conversations/${webConversation}`);
+    const { entries } = (await res.json()) as { entries: { role: string; segments: { type: string; text?: string }[] }[] };
+    const html = await (await fetch(`${bot.web.url}api/conversations/${webConversation}/export`)).text();
+    const MARKUP = /<(?!\/?(?:html|head|meta|title|style|body|h1|p|section|div|figure|img|figcaption|a)[\s>]|!doctype html>)/gi;
+    const foreign = [...html.matchAll(MARKUP)].map((m) => html.slice(m.index, m.index + 40));
+    const typedScript = entries.filter((e) => e.role === 'user' && e.segments.some((s) => s.text?.includes('<script>'))).length;
+    printTable('fuzz: typed text stays text', [
+      ['questions the model read', questions.length],
+      ['  holding a special token typed by a user (must be 0)', specials.length],
+      ['web chat entries (transcript is JSON)', `${entries.length} (${res.headers.get('content-type')})`],
+      ['  questions with a typed <script>', typedScript],
+      ['markup in the saved page that a user or the model wrote (must be 0)', foreign.length],
+    ]);
+    expect(questions.length).toBeGreaterThan(0);
+    expect(specials).toEqual([]);
+    expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(entries.length).toBeGreaterThan(0);
+    expect(foreign).toEqual([]);
+    expect(typedScript).toBeGreaterThan(0);
+    expect(html).toContain('&lt;script&gt;x()&lt;/script&gt;');
   }, 600_000);
 });

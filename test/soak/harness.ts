@@ -271,9 +271,22 @@ export function platformOutputs(bot: SoakBot): string[] {
 }
 
 /**
+ * Everything the web chat shows a page, as the page gets it over HTTP: the conversation list,
+ * each conversation's transcript, and its saved (exported) HTML file.
+ */
+export async function webPages(webUrl: string, headers: Record<string, string> = {}): Promise<string[]> {
+  const get = (path: string) => fetch(`${webUrl}${path}`, { headers }).then((r) => r.text());
+  const list = await get('api/conversations');
+  const ids = ((JSON.parse(list) as { conversations?: { id: string }[] }).conversations ?? []).map((c) => c.id);
+  const pages = await Promise.all(ids.map(async (id) => [await get(`api/conversations/${id}`), await get(`api/conversations/${id}/export`)]));
+  return [list, ...pages.flat()];
+}
+
+/**
  * Every place a configured secret could leak to: log lines, replies the service sent, what
  * the platforms received (bodies, not the Authorization headers that must carry the tokens),
- * and the /healthz and /metrics pages. Returns "where: NAME" for each leak.
+ * what the web chat's pages show, and the /healthz and /metrics pages. Returns "where: NAME"
+ * for each leak.
  */
 export async function secretLeaks(bot: SoakBot): Promise<string[]> {
   const health = await fetch(`http://127.0.0.1:${bot.httpPort}/healthz`).then((r) => r.text());
@@ -282,6 +295,7 @@ export async function secretLeaks(bot: SoakBot): Promise<string[]> {
     ['logs', bot.logLines.join('\n')],
     ['replies', bot.seen.flatMap((s) => s.replies.map((r) => r.text)).join('\n')],
     ['platform posts', platformOutputs(bot).join('\n')],
+    ['web chat pages', (await webPages(bot.web.url!)).join('\n')],
     ['/healthz', health],
     ['/metrics', metrics],
   ];

@@ -1,11 +1,13 @@
 /**
- * Load, and model worker crashes under load: many users over many conversations on Discord and
- * Slack, in bursts, through the real adapters, service and fixture engine. Promises (README,
+ * Load, and model worker crashes under load: many users over many conversations on Discord,
+ * Slack and the web chat (its HTTP API, as the page sends), in bursts, through the real
+ * adapters, service and fixture engine. Promises (README,
  * "Reliability"): every accepted message gets exactly one answer; every refused one exactly one
  * refusal saying when to retry; nothing is lost or answered twice; each conversation is
  * answered in arrival order; a user waiting behind others' bursts sees at most a bounded number
  * of any one other user's jobs start first (round-robin); memory after the run stays within a
- * stated bound. With the worker killed at random moments, the jobs in flight get one clear
+ * stated bound. The web chat's pages see the same: each question in a conversation's transcript
+ * and on its event stream has exactly one reply, in the order the questions arrived. With the worker killed at random moments, the jobs in flight get one clear
  * failure reply each and serving resumes by itself.
  */
 import { BroadcastChannel } from 'node:worker_threads';
@@ -19,7 +21,7 @@ import { FromageEngine } from '../../src/model/engine.ts';
 import { fixtureBundle, ObservedEngine, percentile, secretLeaks, startSoakBot, until, type Seen, type SoakBot } from './harness.ts';
 import { mentionProblems } from './mentions.ts';
 import { printTable, randomFrom, SEED, SIZES } from './sizes.ts';
-import { deliver, FIXTURE_PNG, makePlaces, type Place } from './traffic.ts';
+import { deliver, FIXTURE_PNG, makePlaces, watchPage, webConversation, type PageWatch, type Place } from './traffic.ts';
 
 const BATCH = 4;
 /** Kept KV caches are memory the engine holds on purpose, up to this budget. */
@@ -48,6 +50,77 @@ interface RunFigures {
   rssBeforeMb: number;
   rssAfterMb: number;
   wallS: number;
+  /** What the web chat's pages saw. */
+  web: PageFigures;
+}
+
+/** The web chat, counted on what a page gets: the saved transcript and the live event stream. */
+interface PageFigures {
+  /** Messages sent through the web chat's API (each answered 202). */
+  sent: number;
+  answers: number;
+  refusals: number;
+  refusalsWithoutRetryTime: number;
+  failures: number;
+  /** A question with more than one reply in the transcript, or more than one reply or `done` event on the stream. */
+  duplicates: number;
+  /** A sent message with no question in the transcript, a question without a reply, or a reply or `done` that never reached the stream. */
+  lost: number;
+  /** Replies saved or streamed out of the questions' order. */
+  outOfOrder: number;
+  /** Event frames that were not JSON (a broken stream). */
+  brokenFrames: number;
+}
+
+interface PageEntry {
+  id: number;
+  exchange: number;
+  role: 'user' | 'bot';
+  kind: string;
+  segments: { type: string; text?: string }[];
+}
+
+const entryText = (e: PageEntry) => e.segments.map((s) => s.text ?? '').join(' ');
+
+async function transcript(bot: SoakBot, id: string): Promise<PageEntry[]> {
+  const res = await fetch(`${bot.web.url}api/conversations/${id}`);
+  if (res.status !== 200 || !/^application\/json/.test(res.headers.get('content-type') ?? '')) throw new Error(`the web chat's transcript of ${id}: ${res.status} ${res.headers.get('content-type')}`);
+  return ((await res.json()) as { entries: PageEntry[] }).entries;
+}
+
+/** Counts the web chat's promises on each conversation's transcript and event stream. */
+async function pageFigures(bot: SoakBot, watches: Map<string, { watch: PageWatch; after: number }>, sentTags: Set<string>): Promise<PageFigures> {
+  const f: PageFigures = { sent: sentTags.size, answers: 0, refusals: 0, refusalsWithoutRetryTime: 0, failures: 0, duplicates: 0, lost: 0, outOfOrder: 0, brokenFrames: 0 };
+  const questions = new Set<string>();
+  for (const [id, { watch, after }] of watches) {
+    // Only this run's entries (a warm-up may have written earlier ones with the same tags).
+    const entries = (await transcript(bot, id)).filter((e) => e.id > after);
+    const streamed = watch.events.filter((e) => e.event === 'entry').map((e) => e.data as PageEntry);
+    const done = watch.events.filter((e) => e.event === 'done').map((e) => (e.data as { exchange: number }).exchange);
+    f.brokenFrames += watch.events.filter((e) => e.raw !== undefined).length;
+    for (const q of entries.filter((e) => e.role === 'user')) {
+      const tag = tagOf(entryText(q));
+      if (tag === undefined || !sentTags.has(tag)) continue;
+      if (questions.has(tag)) f.duplicates++;
+      questions.add(tag);
+      const saved = entries.filter((e) => e.role === 'bot' && e.exchange === q.exchange);
+      const live = streamed.filter((e) => e.role === 'bot' && e.exchange === q.exchange);
+      const ends = done.filter((x) => x === q.exchange).length;
+      if (saved.length === 0 || live.length === 0 || ends === 0) f.lost++;
+      f.duplicates += Math.max(0, saved.length - 1) + Math.max(0, live.length - 1) + Math.max(0, ends - 1);
+      const reply = saved[0];
+      if (reply?.kind === 'answer') f.answers++;
+      else if (reply?.kind === 'busy') {
+        f.refusals++;
+        if (!/try again in ~?\d+ s/.test(entryText(reply))) f.refusalsWithoutRetryTime++;
+      } else if (reply?.kind === 'error') f.failures++;
+    }
+    // Questions take their exchange number as they arrive; their replies are saved and streamed in that order.
+    for (const list of [entries.filter((e) => e.role === 'bot'), streamed.filter((e) => e.role === 'bot')])
+      for (let i = 1; i < list.length; i++) if (list[i].exchange < list[i - 1].exchange) f.outOfOrder++;
+  }
+  for (const tag of sentTags) if (!questions.has(tag)) f.lost++;
+  return f;
 }
 
 /** Sends `SIZES.messages` tagged messages in bursts; returns when every one was handled (or the deadline passed). */
@@ -63,6 +136,16 @@ async function runTraffic(bot: SoakBot, seed: number, during?: (sentSoFar: numbe
     if (user < dmOwners && random() < 0.7) return { place: places[ownerOf.get(user)!], user };
     return { place: places[shared[Math.floor(random() * shared.length)]], user };
   };
+  // Each web conversation is open in a page, listening to its event stream, before the traffic starts.
+  const watches = new Map<string, { watch: PageWatch; after: number }>();
+  for (const place of places)
+    if (place.platform === 'web') {
+      const id = await webConversation(bot, place);
+      if (!watches.has(id)) watches.set(id, { watch: watchPage(`${bot.web.url}api/conversations/${id}/events`), after: Math.max(0, ...(await transcript(bot, id)).map((e) => e.id)) });
+    }
+  await Promise.all([...watches.values()].map((w) => w.watch.ready));
+  const doneEvents = () => [...watches.values()].reduce((n, w) => n + w.watch.events.filter((e) => e.event === 'done').length, 0);
+  const webTags = new Set<string>();
   const rssBefore = process.memoryUsage().rss;
   let peak = rssBefore;
   const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 50);
@@ -87,6 +170,7 @@ async function runTraffic(bot: SoakBot, seed: number, during?: (sentSoFar: numbe
           const redeliver = place.platform === 'slack' && random() < 0.1;
           if (redeliver) redelivered++;
           sentTo.set(String(tag), `${place.platform} ${place.kind}`);
+          if (place.platform === 'web') webTags.add(String(tag));
           burst.push(deliver(bot, place, user, `msg${tag} what is this?`, image, redeliver));
         }
       }
@@ -105,9 +189,15 @@ async function runTraffic(bot: SoakBot, seed: number, during?: (sentSoFar: numbe
     );
     // The adapters' last platform calls (a status message turned into the answer) settle.
     await new Promise((r) => setTimeout(r, 300));
+    // Every web question's `done` reached its page.
+    const webSeen = bot.seen.slice(first).filter((s) => s.message.key.platform === 'web').length;
+    // (If one never does, pageFigures counts it lost.)
+    await until(() => doneEvents() >= webSeen, 30_000, () => `the web pages got ${doneEvents()} done events for ${webSeen} questions`).catch(() => undefined);
   } finally {
     clearInterval(sampler);
   }
+  const web = await pageFigures(bot, watches, webTags);
+  for (const w of watches.values()) w.watch.close();
   return {
     sent,
     redelivered,
@@ -116,6 +206,7 @@ async function runTraffic(bot: SoakBot, seed: number, during?: (sentSoFar: numbe
     rssBeforeMb: rssBefore / 2 ** 20,
     rssAfterMb: process.memoryUsage().rss / 2 ** 20,
     wallS: (performance.now() - started) / 1000,
+    web,
   };
 }
 
@@ -197,6 +288,28 @@ function roundRobinViolations(run: RunFigures, engine: ObservedEngine): { worst:
   return { worst, violations };
 }
 
+function webRows(w: PageFigures): [string, string | number][] {
+  return [
+    ['web chat: messages / answers / refusals / failures', `${w.sent} / ${w.answers} / ${w.refusals} / ${w.failures}`],
+    ['web chat: refusals without a retry time (must be 0)', w.refusalsWithoutRetryTime],
+    ['web chat pages: duplicates (must be 0)', w.duplicates],
+    ['web chat pages: lost (must be 0)', w.lost],
+    ['web chat pages: out of order (must be 0)', w.outOfOrder],
+    ['web chat pages: broken event frames (must be 0)', w.brokenFrames],
+  ];
+}
+
+/** What every run promises the web chat's pages: each question sent has exactly one reply, saved and streamed, in order. */
+function expectWebKept(w: PageFigures): void {
+  expect(w.sent).toBeGreaterThan(0);
+  expect(w.duplicates).toBe(0);
+  expect(w.lost).toBe(0);
+  expect(w.outOfOrder).toBe(0);
+  expect(w.brokenFrames).toBe(0);
+  expect(w.refusalsWithoutRetryTime).toBe(0);
+  expect(w.answers + w.refusals + w.failures).toBe(w.sent);
+}
+
 const env = { FROMAGE_BATCH: String(BATCH), FROMAGE_USER_RATE: '30', FROMAGE_USER_BURST: '8', FROMAGE_QUEUE_LIMIT: '60', FROMAGE_THREADS: '1' };
 
 describe('load', () => {
@@ -227,8 +340,9 @@ describe('load', () => {
         ['round-robin: worst overtakes beyond own queue', `${rr.worst} (bound ${BATCH + 1})`],
         ['peak RSS', `${run.peakRssMb.toFixed(0)} MB`],
         ['RSS before / after', `${run.rssBeforeMb.toFixed(0)} MB / ${run.rssAfterMb.toFixed(0)} MB (bound +${RSS_GROWTH_BOUND_MB} MB)`],
+        ...webRows(run.web),
         ['posts that could ping (must be 0)', mentions.length],
-        ['secrets in logs, replies, posts, /healthz, /metrics (must be 0)', leaks.length],
+        ['secrets in logs, replies, posts, web pages, /healthz, /metrics (must be 0)', leaks.length],
         ['Discord gateway reconnects', bot.discord.connections.length - 1],
         ['wall time', `${run.wallS.toFixed(1)} s`],
       ]);
@@ -238,6 +352,8 @@ describe('load', () => {
       expect(a.failures).toBe(0);
       expect(a.refusalsWithoutRetryTime).toBe(0);
       expect(a.outOfOrder).toBe(0);
+      expectWebKept(run.web);
+      expect(run.web.failures).toBe(0);
       expect(rr.violations).toEqual([]);
       expect(mentions).toEqual([]);
       expect(run.rssAfterMb - run.rssBeforeMb).toBeLessThan(RSS_GROWTH_BOUND_MB);
@@ -285,6 +401,7 @@ describe('load', () => {
         ['failure replies (jobs in flight)', a.failures],
         ['duplicates (must be 0)', a.duplicates],
         ['lost (must be 0)', a.lost],
+        ...webRows(run.web),
         ['answer after the last crash', after[0]?.kind ?? 'none'],
         ['Discord gateway reconnects', bot.discord.connections.length - 1],
       ]);
@@ -294,6 +411,7 @@ describe('load', () => {
       expect(a.answers + a.refusals + a.failures).toBe(run.sent);
       // Only the jobs in flight at each crash fail: the scheduler hands the engine at most BATCH at a time.
       expect(a.failures).toBeLessThanOrEqual(kills * BATCH);
+      expectWebKept(run.web);
       expect(unclear.map((s) => s.replies[0].text)).toEqual([]);
       expect(after.map((r) => r.kind)).toEqual(['answer']);
       expect(bot.crashes).toEqual([]);

@@ -1,7 +1,8 @@
 /**
- * Synthetic traffic for the soak runs: conversations on both platforms (Discord channels, the
- * guild's thread and DMs; Slack threads and DMs), users who belong to them, and the delivery of
- * one tagged message through the fake platform, exactly as the platform would send it.
+ * Synthetic traffic for the soak runs: conversations on the three platforms (Discord channels,
+ * the guild's thread and DMs; Slack threads and DMs; web chat conversations), users who belong
+ * to them, and the delivery of one tagged message through the fake platform (or the web chat's
+ * HTTP API), exactly as the platform (or the page) would send it.
  */
 import { readFileSync } from 'node:fs';
 import { attachment, BOT_USER, messagePayload, type UserPayload } from '../discord/fake-discord/payloads.ts';
@@ -11,7 +12,13 @@ import type { SoakBot } from './harness.ts';
 
 export type Place =
   | { readonly platform: 'discord'; readonly kind: 'channel' | 'thread' | 'dm'; readonly channel: string; readonly owner?: number }
-  | { readonly platform: 'slack'; readonly kind: 'thread' | 'dm'; readonly channel: string; readonly thread?: string; readonly owner?: number };
+  | { readonly platform: 'slack'; readonly kind: 'thread' | 'dm'; readonly channel: string; readonly thread?: string; readonly owner?: number }
+  /**
+   * A conversation in the web chat's list, created through its API on first use; `channel` names
+   * it here. The web chat has one local user (the author is the page's address), so every
+   * message on it, whoever "sends" it in the scenario, is that one user's.
+   */
+  | { readonly platform: 'web'; readonly kind: 'chat'; readonly channel: string; readonly owner?: number };
 
 export const FIXTURE_PNG = readFileSync('test/fixtures/images/landscape.png');
 
@@ -21,7 +28,7 @@ export function discordUser(n: number): UserPayload {
 
 export const slackUser = (n: number) => `U${String(n).padStart(6, '0')}`;
 
-/** `count` conversations over both platforms; DMs belong to one user each (the lowest ids). */
+/** `count` conversations over the three platforms (one in five on the web); DMs belong to one user each (the lowest ids). */
 export function makePlaces(count: number): Place[] {
   const places: Place[] = [];
   let owner = 0;
@@ -29,7 +36,7 @@ export function makePlaces(count: number): Place[] {
     const n = String(i).padStart(4, '0');
     switch (i % 5) {
       case 0:
-        places.push(i === 0 ? { platform: 'discord', kind: 'thread', channel: THREAD } : { platform: 'discord', kind: 'channel', channel: CHANNEL_IDS[1 + i] });
+        places.push(i === 0 ? { platform: 'discord', kind: 'thread', channel: THREAD } : i % 10 === 5 ? { platform: 'web', kind: 'chat', channel: `web${n}` } : { platform: 'discord', kind: 'channel', channel: CHANNEL_IDS[1 + i] });
         break;
       case 1:
         places.push({ platform: 'discord', kind: 'dm', channel: String(1400000000000000000n + BigInt(i)), owner: owner++ });
@@ -41,7 +48,7 @@ export function makePlaces(count: number): Place[] {
         places.push({ platform: 'slack', kind: 'dm', channel: `D${n}`, owner: owner++ });
         break;
       default:
-        places.push({ platform: 'discord', kind: 'channel', channel: CHANNEL_IDS[1 + i] });
+        places.push(i % 10 === 9 ? { platform: 'web', kind: 'chat', channel: `web${n}` } : { platform: 'discord', kind: 'channel', channel: CHANNEL_IDS[1 + i] });
     }
   }
   return places;
@@ -59,6 +66,16 @@ export async function deliver(
   /** Slack only: deliver the same event again, as Slack does when it thinks the first was not acknowledged. */
   redeliver = false,
 ): Promise<void> {
+  if (place.platform === 'web') {
+    const id = await webConversation(bot, place);
+    const form = new FormData();
+    form.append('text', text);
+    if (image) form.append('images', new Blob([new Uint8Array(image.data)], { type: image.contentType }), image.name);
+    const res = await fetch(`${bot.web.url}api/conversations/${id}/messages`, { method: 'POST', body: form, headers: PAGE });
+    const body = await res.text();
+    if (res.status !== 202) throw new Error(`the web chat refused a message: ${res.status} ${body}`);
+    return;
+  }
   if (place.platform === 'discord') {
     const author = discordUser(user);
     const attachments = image ? [attachment(bot.discord.addCdnFile(image.name, image.data, image.contentType), image.name, image.data.length, image.contentType)] : [];
@@ -83,6 +100,84 @@ export async function deliver(
     const again = await postEvent(bot.slackAdapter.httpPort ?? 0, envelope, { headers: { 'x-slack-retry-num': '1', 'x-slack-retry-reason': 'http_timeout' } });
     await again.arrayBuffer();
   }
+}
+
+/** The header the page sends with every request that changes something (the CSRF check). */
+export const PAGE = { 'x-fromage-csrf': '1' } as const;
+
+const webIds = new WeakMap<SoakBot, Map<string, Promise<string>>>();
+
+/** The web chat's id of `place`, created through the API the first time it is used. */
+export function webConversation(bot: SoakBot, place: Extract<Place, { platform: 'web' }>): Promise<string> {
+  let ids = webIds.get(bot);
+  if (!ids) webIds.set(bot, (ids = new Map()));
+  let id = ids.get(place.channel);
+  if (!id) {
+    id = fetch(`${bot.web.url}api/conversations`, { method: 'POST', headers: PAGE }).then(async (res) => {
+      if (res.status !== 201) throw new Error(`the web chat did not create a conversation: ${res.status} ${await res.text()}`);
+      return ((await res.json()) as { conversation: { id: string } }).conversation.id;
+    });
+    ids.set(place.channel, id);
+  }
+  return id;
+}
+
+/** One server-sent event as the page receives it. */
+export interface PageEvent {
+  readonly event: string;
+  readonly data: unknown;
+  /** The raw `data:` text, when it was not JSON (a broken frame). */
+  readonly raw?: string;
+}
+
+/**
+ * A page's view of one web conversation: the event stream, read as a browser's EventSource reads
+ * it (frames split on blank lines; `event:` and `data:` fields), every event kept.
+ */
+export interface PageWatch {
+  readonly events: PageEvent[];
+  /** Resolves once the stream said `ready`. */
+  readonly ready: Promise<void>;
+  close(): void;
+}
+
+export function watchPage(url: string): PageWatch {
+  const events: PageEvent[] = [];
+  const abort = new AbortController();
+  let markReady!: () => void;
+  const ready = new Promise<void>((r) => (markReady = r));
+  void (async () => {
+    const res = await fetch(url, { signal: abort.signal, headers: { accept: 'text/event-stream' } });
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      const frames = buffer.split(/\r\n\r\n|\n\n|\r\r/);
+      buffer = frames.pop()!;
+      for (const frame of frames) {
+        let event = 'message';
+        const data: string[] = [];
+        for (const line of frame.split(/\r\n|\n|\r/)) {
+          if (line.startsWith(':')) continue;
+          const [field, ...rest] = line.split(':');
+          const v = rest.join(':').replace(/^ /, '');
+          if (field === 'event') event = v;
+          else if (field === 'data') data.push(v);
+        }
+        if (data.length === 0) continue;
+        const raw = data.join('\n');
+        try {
+          events.push({ event, data: JSON.parse(raw) as unknown });
+        } catch {
+          events.push({ event, data: undefined, raw });
+        }
+        if (event === 'ready') markReady();
+      }
+    }
+  })().catch(() => undefined);
+  return { events, ready, close: () => abort.abort() };
 }
 
 export function slackFile(bot: SoakBot, id: string, image: { name: string; data: Buffer; contentType: string }): Record<string, unknown> {
