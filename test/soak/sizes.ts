@@ -6,8 +6,8 @@
 export const FULL = process.env.SOAK === 'full';
 
 export const SIZES = FULL
-  ? { messages: 1000, users: 100, conversations: 50, fuzzImages: 400, fuzzText: 400, fuzzPayloads: 300, kills: 20, workerKills: 5 }
-  : { messages: 200, users: 20, conversations: 10, fuzzImages: 100, fuzzText: 120, fuzzPayloads: 100, kills: 3, workerKills: 2 };
+  ? { messages: 1000, users: 100, conversations: 50, fuzzImages: 400, fuzzText: 400, fuzzPayloads: 300, kills: 20, workerKills: 5, redisMessages: 200 }
+  : { messages: 200, users: 20, conversations: 10, fuzzImages: 100, fuzzText: 120, fuzzPayloads: 100, kills: 3, workerKills: 2, redisMessages: 40 };
 
 /** The run's seed: SOAK_SEED when given (a replay), else a fresh one that the tests print. */
 export const SEED = process.env.SOAK_SEED !== undefined ? Number(process.env.SOAK_SEED) : Math.floor(Math.random() * 2 ** 31);
