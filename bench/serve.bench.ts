@@ -38,6 +38,7 @@ import { buildPrompt } from '../src/conversation/prompt.ts';
 import { DEFAULT_SETTINGS } from '../src/conversation/types.ts';
 import { readManifest, TOKENIZER_FILE } from '../src/model/bundle.ts';
 import { FromageEngine, type EngineOptions } from '../src/model/engine.ts';
+import { openPreparedDecoder, preparedDir, readPreparedInfo } from '../src/model/prepared-decoder.ts';
 import { createSession } from '../src/model/session.ts';
 import { resolveThreads } from '../src/model/threads.ts';
 import { loadConfig } from '../src/config.ts';
@@ -146,19 +147,36 @@ async function timed<T>(f: () => Promise<T>): Promise<{ value: T; text: string }
 
 async function sectionLoad(bundleDir: string, answer: number): Promise<void> {
   out('\nload. fresh engine (worker thread) until ready, then the first answer\n');
-  out('run | engine ready | first token of the first answer | first answer done | cpu to ready, to done (all threads)\n');
-  for (let run = 1; run <= 2; run++) {
+  const manifest0 = await readManifest(bundleDir);
+  const preparedInfo = await readPreparedInfo(preparedDir(bundleDir, manifest0).dir);
+  const hasPrepared = preparedInfo?.status === 'ok';
+  out(
+    hasPrepared
+      ? `this CPU has a prepared decoder (${preparedDir(bundleDir, manifest0).dir}): runs alternate between it and the bundle's decoder\n`
+      : `no prepared decoder for this CPU (${preparedInfo ? `refused: ${preparedInfo.reason}` : '`fromage prepare` makes one'}): bundle's decoder only\n`,
+  );
+  out('run | decoder | engine ready | first token of the first answer | first answer done | cpu to ready, to done (all threads)\n');
+  const arms = hasPrepared ? [true, false, false, true] : [false, false];
+  const readyBy = new Map<boolean, number[]>();
+  for (const [i, usePrepared] of arms.entries()) {
+    const run = i + 1;
     const image = await picture(1);
     const c0 = process.cpuUsage();
     const t0 = performance.now();
-    const engine = await FromageEngine.start(engineOptions(bundleDir));
+    const engine = await FromageEngine.start(engineOptions(bundleDir, { preparedDecoder: usePrepared }));
     const ready = performance.now() - t0;
     const cReady = process.cpuUsage(c0);
     const { timing } = await timedChat(engine, [], { role: 'user', text: userText(1, 30), images: [image], at: 0 }, answer);
     const cDone = process.cpuUsage(c0);
     const cpu = (c: NodeJS.CpuUsage): string => ms((c.user + c.system) / 1000);
-    out(`${String(run).padStart(3)} | ${ms(ready).padStart(12)} | ${ms(ready + timing.ttftMs).padStart(30)} | ${ms(ready + timing.totalMs).padStart(17)} | ${cpu(cReady)}, ${cpu(cDone)}\n`);
+    out(`${String(run).padStart(3)} | ${(usePrepared ? 'prepared' : 'bundle').padEnd(8)} | ${ms(ready).padStart(12)} | ${ms(ready + timing.ttftMs).padStart(30)} | ${ms(ready + timing.totalMs).padStart(17)} | ${cpu(cReady)}, ${cpu(cDone)}\n`);
+    readyBy.set(usePrepared, [...(readyBy.get(usePrepared) ?? []), ready + timing.ttftMs]);
     await engine.close();
+  }
+  if (hasPrepared) {
+    const p = median(readyBy.get(true) ?? []);
+    const b = median(readyBy.get(false) ?? []);
+    out(`start to first token, median: prepared ${ms(p)}, bundle ${ms(b)} (bundle / prepared ${(b / p).toFixed(2)}x; goal: within 10 s)\n`);
   }
   // Where it goes, in this process, one part after another.
   const parts: string[] = [];
@@ -175,6 +193,12 @@ async function sectionLoad(bundleDir: string, answer: number): Promise<void> {
   const rss = residentBreakdown();
   out(`in-process, one after another: ${parts.join(', ')}${rss ? `; resident ${rss.anon.toFixed(2)} GiB private + ${rss.file.toFixed(2)} GiB file-backed` : ''}\n`);
   await Promise.all(sessions.map((s) => s.release()));
+  if (hasPrepared) {
+    const prep = await timed(() => openPreparedDecoder(bundleDir, manifest, {}, (w) => out(`warning: ${w}\n`)));
+    const rssP = residentBreakdown();
+    out(`decoder from the prepared copy (with its probe call): ${prep.text}${rssP ? `; resident ${rssP.anon.toFixed(2)} GiB private + ${rssP.file.toFixed(2)} GiB file-backed` : ''}\n`);
+    await prep.value.session?.release();
+  }
   // Without prepacking the decoder loads but runs far slower: the difference is what
   // onnxruntime spends building its private packed copies of the weights.
   const bare = await timed(() => createSession(join(bundleDir, manifest.graphs.decoder), { configEntries: { 'session.disable_prepacking': '1' } }));

@@ -19,12 +19,28 @@ export function registerConvertCommands(program: Command): void {
         .choices(['0', '4'])
         .default('4'),
     )
-    .action(async (o: { opt: string; clip: string; fromage: string; out: string; weights: 'fp32' | 'fp16' | 'int8' | 'int4'; blockSize: number; accuracyLevel: '0' | '4' }) => {
-      const { convertBundle } = await import('./convert.ts');
-      const started = Date.now();
-      const r = await convertBundle({ optDir: o.opt, clipDir: o.clip, fromageDir: o.fromage, outDir: o.out, weights: o.weights, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel === '4' ? 4 : 0 });
-      const secs = ((Date.now() - started) / 1000).toFixed(1);
-      process.stdout.write(`wrote bundle ${r.manifest.id} (${r.manifest.weights.dtype}) to ${r.outDir} in ${secs}s\n`);
+    .option('--prepare', "then save the decoder with onnxruntime's packed weights for this CPU (int4/int8; see `fromage prepare`)")
+    .action(
+      async (o: { opt: string; clip: string; fromage: string; out: string; weights: 'fp32' | 'fp16' | 'int8' | 'int4'; blockSize: number; accuracyLevel: '0' | '4'; prepare?: boolean }) => {
+        const { convertBundle } = await import('./convert.ts');
+        const started = Date.now();
+        const r = await convertBundle({ optDir: o.opt, clipDir: o.clip, fromageDir: o.fromage, outDir: o.out, weights: o.weights, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel === '4' ? 4 : 0 });
+        const secs = ((Date.now() - started) / 1000).toFixed(1);
+        process.stdout.write(`wrote bundle ${r.manifest.id} (${r.manifest.weights.dtype}) to ${r.outDir} in ${secs}s\n`);
+        const { benefitsFromPreparing } = await import('../model/prepared-decoder.ts');
+        if (o.prepare && benefitsFromPreparing(r.manifest)) await runPrepare(r.outDir, { force: true });
+      },
+    );
+
+  program
+    .command('prepare')
+    .description("save a bundle's decoder with onnxruntime's packed weights for this CPU, so that starts map them instead of building them (int4/int8 bundles)")
+    .argument('[bundle]', 'bundle directory (default: FROMAGE_BUNDLE)')
+    .option('--force', 'rebuild even if this CPU already has a prepared copy (or a refusal)')
+    .option('--threads <n>', 'onnxruntime intra-op threads (default: FROMAGE_THREADS)', (v) => Number.parseInt(v, 10))
+    .action(async (bundle: string | undefined, o: { force?: boolean; threads?: number }) => {
+      const config = (await import('../config.ts')).loadConfig();
+      await runPrepare(bundle ?? config.FROMAGE_BUNDLE, { force: o.force ?? false, threads: o.threads ?? (config.FROMAGE_THREADS || undefined) });
     });
 
   program
@@ -36,4 +52,20 @@ export function registerConvertCommands(program: Command): void {
       const dir = bundle ?? (await import('../config.ts')).loadConfig().FROMAGE_BUNDLE;
       process.stdout.write(`${formatBundleReport(await inspectBundle(dir))}\n`);
     });
+}
+
+async function runPrepare(bundleDir: string, o: { force: boolean; threads?: number }): Promise<void> {
+  const { readManifest } = await import('../model/bundle.ts');
+  const { prepareDecoder, benefitsFromPreparing } = await import('../model/prepared-decoder.ts');
+  const manifest = await readManifest(bundleDir);
+  if (!benefitsFromPreparing(manifest)) {
+    process.stdout.write(`the bundle's weights are ${manifest.weights.dtype}: nothing to prepare (only int4/int8 decoders have packed weights worth saving)\n`);
+    return;
+  }
+  const out = (line: string) => process.stderr.write(`prepare: ${line}\n`);
+  const r = await prepareDecoder(bundleDir, manifest, { force: o.force, threads: o.threads, log: out });
+  const secs = r.seconds.toFixed(1);
+  if (r.status === 'ok') process.stdout.write(`prepared the decoder for this CPU in ${r.dir} (${((r.bytes ?? 0) / 2 ** 30).toFixed(1)} GiB, ${secs}s): starts now map its packed weights\n`);
+  else if (r.status === 'kept') process.stdout.write(`this CPU already has ${r.reason ? `a refusal (${r.reason})` : 'a prepared decoder'} in ${r.dir}; --force rebuilds it\n`);
+  else process.stdout.write(`not prepared (${r.reason}); the bot loads the bundle's decoder as before\n`);
 }

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import type * as ort from 'onnxruntime-node';
 import { BundleError } from './errors.ts';
 import { BUNDLE_FORMAT, FORMAT_VERSION, MANIFEST_FILE, manifestSchema, type Manifest } from './manifest.ts';
+import { openPreparedDecoder } from './prepared-decoder.ts';
 import { createSession, type Device, type SessionOptions } from './session.ts';
 import { Tokenizer } from './tokenizer/tokenizer.ts';
 
@@ -21,6 +22,8 @@ export interface Bundle {
   readonly decoder: ort.InferenceSession;
   /** Where the graphs run (cuda falls back to cpu). */
   readonly device: Device;
+  /** The prepared decoder's folder when the decoder was mapped from it (src/model/prepared-decoder.ts). */
+  readonly preparedDecoder?: string;
   release(): Promise<void>;
 }
 
@@ -117,7 +120,8 @@ export async function openBundle(dir: string, options: SessionOptions = {}): Pro
   };
   const vision = await open(files.vision);
   const embed = await open(files.embed);
-  const decoder = await open(files.decoder);
+  const prepared = options.preparedDecoder === false ? { why: 'none' as const } : await openPreparedDecoder(dir, manifest, sessionOptions, options.warn ?? console.warn);
+  const decoder = prepared.session ? { session: prepared.session, device: 'cpu' as const } : await open(files.decoder);
   const sessions = [vision.session, embed.session, decoder.session];
   try {
     validateGraphs(manifest, vision.session, embed.session, decoder.session);
@@ -133,6 +137,7 @@ export async function openBundle(dir: string, options: SessionOptions = {}): Pro
     embed: embed.session,
     decoder: decoder.session,
     device: decoder.device,
+    preparedDecoder: prepared.session ? prepared.dir : undefined,
     release: async () => {
       await Promise.all(sessions.map((s) => s.release()));
     },

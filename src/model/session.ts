@@ -26,6 +26,8 @@ export interface SessionOptions {
   readonly optimizationLevel?: 'disabled' | 'basic' | 'extended' | 'all';
   /** Writes the optimized graph here (with its weights, prepacked ones included, in `<file>.data`). */
   readonly optimizedModelFile?: string;
+  /** openBundle: false loads the bundle's decoder even when this CPU has a prepared copy (src/model/prepared-decoder.ts). */
+  readonly preparedDecoder?: boolean;
 }
 
 export interface CreatedSession {

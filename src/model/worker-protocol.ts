@@ -26,6 +26,8 @@ export interface WorkerInit {
   readonly kvCodec?: KvCodecName;
   /** Where spilled KV caches live (`<FROMAGE_DATA_DIR>/kv`). */
   readonly kvDir?: string;
+  /** false: load the bundle's decoder even when this CPU has a prepared copy (benchmarks compare both). */
+  readonly preparedDecoder?: boolean;
 }
 
 export interface WorkerInfo {

@@ -54,10 +54,12 @@ async function main(): Promise<void> {
     runtime = await FromageRuntime.open(init.bundleDir, {
       device: init.device,
       threads: init.threads,
+      preparedDecoder: init.preparedDecoder,
       visualCacheSize: init.visualCacheSize,
       maxImagePixels: init.maxImagePixels,
       warn: (message) => send({ type: 'log', level: 'warn', message }),
     });
+    if (runtime.bundle.preparedDecoder) send({ type: 'log', level: 'info', message: `decoder: packed weights mapped from the copy prepared for this CPU (${runtime.bundle.preparedDecoder})` });
     if (init.indexDirs.length > 0) {
       runtime.setRetrieval(
         await openIndexBackend({
