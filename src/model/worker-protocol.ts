@@ -19,7 +19,7 @@ export interface WorkerInit {
   readonly imageCacheDir?: string;
   /** Answers decoded together in one batch (FROMAGE_BATCH); default 1. */
   readonly batch?: number;
-  /** Memory for kept KV caches in MiB (FROMAGE_KV_CACHE_MB): undefined = the default from the machine's memory, 0 = no reuse. */
+  /** Memory for live and kept KV caches in MiB (FROMAGE_KV_CACHE_MB): undefined = the default from the machine's memory, 0 = no reuse. */
   readonly kvCacheMb?: number;
   /** Disk for spilled KV caches in MiB (FROMAGE_KV_DISK_MB); no spill without kvDir. */
   readonly kvDiskMb?: number;
