@@ -292,6 +292,9 @@ export class RemoteEngine implements Engine {
     for (const req of [...this.pending]) {
       const eligible = this.registry.eligible(this.bundle.id);
       const free = eligible.filter((w) => this.registry.free(w) > 0);
+      // Every slot taken: nothing below can be dispatched, and the job just dispatched is measured
+      // from before its add, so the rest of this loop would only delay that add's write.
+      if (free.length === 0 && eligible.length > 0) break;
       if (free.length === 0) {
         if (eligible.length === 0 && now - req.waitingSince > this.o.noWorkerWaitMs) {
           this.pending.splice(this.pending.indexOf(req), 1);

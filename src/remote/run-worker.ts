@@ -8,6 +8,7 @@ import { createLogger } from '../log.ts';
 import { openConfiguredEngine } from '../service/open-engine.ts';
 import { connectOrExplain, newClient } from './connect.ts';
 import { parseRedisUrl } from './redis-url.ts';
+import { parseComputeNice } from './thread-priority.ts';
 import { startWorker } from './worker.ts';
 
 export interface WorkerCliOptions {
@@ -15,6 +16,8 @@ export interface WorkerCliOptions {
   readonly threads?: string;
   readonly batch?: string;
   readonly yes?: boolean;
+  /** Nice value of every thread but the event loop's (thread-priority.ts); 0 leaves them alone. */
+  readonly computeNice?: string;
 }
 
 export class WorkerNeedsRedisError extends UserFacingError {
@@ -26,6 +29,12 @@ export class WorkerNeedsRedisError extends UserFacingError {
 export async function runWorker(opts: WorkerCliOptions): Promise<void> {
   // Flags win over the environment and go through the same validation and messages.
   const env = { ...process.env };
+  let computeNice: number;
+  try {
+    computeNice = parseComputeNice(opts.computeNice);
+  } catch (err) {
+    throw new UserFacingError((err as Error).message);
+  }
   if (opts.device !== undefined) env.FROMAGE_DEVICE = opts.device;
   if (opts.threads !== undefined) env.FROMAGE_THREADS = opts.threads;
   if (opts.batch !== undefined) env.FROMAGE_BATCH = opts.batch;
@@ -40,7 +49,7 @@ export async function runWorker(opts: WorkerCliOptions): Promise<void> {
   // The in-process engine, exactly as `fromage serve` without Redis opens it.
   const engine = await openConfiguredEngine({ ...config, FROMAGE_REDIS_URL: undefined }, logger, { yes: Boolean(opts.yes) || config.FROMAGE_SETUP_YES });
   const ttlMs = config.FROMAGE_WORKER_TIMEOUT_S * 1000;
-  const worker = await startWorker({ redis, engine, bundleDir: config.FROMAGE_BUNDLE, capacity: config.FROMAGE_BATCH, device: config.FROMAGE_DEVICE, logger, ttlMs, heartbeatMs: Math.max(100, Math.round(ttlMs / 5)) });
+  const worker = await startWorker({ redis, engine, bundleDir: config.FROMAGE_BUNDLE, capacity: config.FROMAGE_BATCH, device: config.FROMAGE_DEVICE, logger, ttlMs, heartbeatMs: Math.max(100, Math.round(ttlMs / 5)), computeNice });
   let stopping: Promise<void> | undefined;
   const shutdown = (why: string) => {
     stopping ??= (async () => {

@@ -15,6 +15,7 @@ import { connectOrExplain, newClient } from './connect.ts';
 import { KEYS, PREFIX, workerQueue } from './keys.ts';
 import { decodePrompt, epochMs, encodeChatResult, encodeImages, jobSchema, PROTOCOL_VERSION, type Announcement, type JobResult, type WorkerEvent } from './protocol.ts';
 import type { RedisTarget } from './redis-url.ts';
+import { lowerOtherThreads } from './thread-priority.ts';
 
 export interface WorkerOptions {
   readonly redis: RedisTarget;
@@ -31,6 +32,12 @@ export interface WorkerOptions {
   readonly ttlMs?: number;
   /** How long the first connection may take before start fails with the cause. */
   readonly connectTimeoutMs?: number;
+  /**
+   * Nice value for every thread of this process but the event loop's (model compute, GC
+   * helpers, pools), re-applied on each heartbeat for threads started later; 0 (the default
+   * here) leaves priorities alone. `fromage worker` passes 10 (see thread-priority.ts).
+   */
+  readonly computeNice?: number;
 }
 
 export interface RunningWorker {
@@ -62,6 +69,20 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   let state: Announcement['state'] = 'ready';
   let reason: string | undefined;
   const startedAt = Date.now();
+  const computeNice = o.computeNice ?? 0;
+  const lowerCompute = () => {
+    try {
+      return lowerOtherThreads(computeNice);
+    } catch (err) {
+      log.debug({ err: (err as Error).message }, 'could not lower the compute threads\' priority');
+      return undefined;
+    }
+  };
+  if (computeNice > 0) {
+    const r = lowerCompute();
+    if (r?.supported) log.info({ nice: computeNice, threads: r.lowered.length }, 'model compute and helper threads run at a lower priority than the event loop that takes jobs');
+    else log.info({ nice: computeNice, platform: process.platform }, 'thread priorities left alone: only Linux can lower single threads');
+  }
 
   // What a gateway without bundle files needs: the figures of EngineInfo and the tokenizer.
   const tokenizer = await readFile(join(o.bundleDir, 'tokenizer.json'), 'utf8');
@@ -86,7 +107,11 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     await cmd.multi().set(KEYS.worker(id), JSON.stringify(a), 'PX', ttlMs).sadd(KEYS.workers, id).exec();
   };
   await announce();
-  const beat = setInterval(() => void announce().catch((err: Error) => log.debug({ err: err.message }, 'heartbeat failed')), heartbeatMs);
+  const beat = setInterval(() => {
+    // Threads started since (a restarted model thread, a pool created on first use) join the others.
+    if (computeNice > 0) lowerCompute();
+    void announce().catch((err: Error) => log.debug({ err: err.message }, 'heartbeat failed'));
+  }, heartbeatMs);
 
   await sub.subscribe(KEYS.cancel);
   sub.on('message', (_channel: string, message: string) => {

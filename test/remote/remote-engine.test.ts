@@ -101,6 +101,32 @@ describe('remote engine (gateway) with fromage worker processes', () => {
     expect(images[0].source).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/img\//);
   });
 
+  it.runIf(process.platform === 'linux')('a worker runs every thread but its event loop at nice 10 (model compute, GC helpers, pools), also threads started after it began', async () => {
+    const { readdir, readFile } = await import('node:fs/promises');
+    const niceOf = async (pid: number) => {
+      const out: Record<string, number> = {};
+      for (const t of await readdir(`/proc/${pid}/task`)) {
+        // Field 19 of /proc/PID/task/TID/stat; the name in parentheses may hold spaces.
+        const stat = await readFile(`/proc/${pid}/task/${t}/stat`, 'utf8').catch(() => '');
+        if (stat) out[t] = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+      }
+      return out;
+    };
+    const w = workers[0];
+    expect(w.logs().some((l) => l.msg === 'model compute and helper threads run at a lower priority than the event loop that takes jobs' && l.nice === 10)).toBe(true);
+    // Jobs have run (threads such as libuv's pool start on first use); a heartbeat (400 ms here) catches late ones.
+    let nice: Record<string, number> = {};
+    for (let i = 0; i < 20; i++) {
+      nice = await niceOf(w.pid);
+      if (Object.entries(nice).every(([t, n]) => (t === String(w.pid) ? n === 0 : n === 10))) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(nice[String(w.pid)]).toBe(0);
+    const others = Object.entries(nice).filter(([t]) => t !== String(w.pid));
+    expect(others.length).toBeGreaterThan(3);
+    expect(others.filter(([, n]) => n !== 10)).toEqual([]);
+  });
+
   it('sends a conversation back to the worker that holds its cache, and to another after the affinity wait', async () => {
     const first = textPrompt('tell me about brie');
     started.length = 0;
