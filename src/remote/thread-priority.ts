@@ -4,13 +4,17 @@
  * pool, the model's worker thread, V8's GC and compiler helpers, libuv's and libvips' pools.
  *
  * Why: the event loop is what takes a job from Redis (BZPOPMIN wake-up, moveToActive) and
- * reports its start; it needs a CPU for well under a millisecond per job, while the compute
- * and the GC helpers that clean up after it keep every core busy. On the 2-core development
- * machine, with the model and its GC helpers runnable, the worker's event-loop thread waited on
- * the run queue for ~1.7 s of a 12 s run (/proc schedstat) and the gateway-enqueue-to-job-start
- * p99 was 10-15 ms (p50 ~2 ms); with the other threads at nice 10 it was ~6-7 ms, throughput
- * unchanged (README "Several machines"). Nice only matters when threads compete for a core: an
- * otherwise idle machine runs the compute exactly as fast.
+ * reports its start; it needs a CPU for well under a millisecond per job, while the compute and
+ * the GC helpers that clean up after it (V8 runs four, at once) keep every core busy. Measured
+ * with `npm run bench:workers` on the shared 2-core development machine (load average ~5 from
+ * other work; nice 0 and 10 interleaved in the same runs, 100 jobs each): the workers' event-loop
+ * threads waited on the run queue 9.5-14.6 ms per job at nice 0 and 5.6-6.8 ms at nice 10 (one
+ * worker; two: 22.9-29.1 against 14.0-15.4), and gateway-enqueue-to-job-start p99 went from
+ * 23-29 ms to 7-10 ms while every core computed, from 9-14 ms to 4.6 ms for jobs sent one at a
+ * time to idle workers; answers/s unchanged within the noise. Nice only matters when threads
+ * compete for a core: an otherwise idle machine runs the compute exactly as fast. It does let
+ * other programs at nice 0 on the same machine get ahead of the model (on one machine with the
+ * gateway and Redis that is the point; beside other heavy work, `--compute-nice 0`).
  *
  * Linux only: there setpriority() on a thread id changes that one thread (POSIX would say the
  * process), and a thread inherits its creator's nice value, so pools created later by an
