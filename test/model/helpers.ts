@@ -22,14 +22,14 @@ export async function convertFixtureBundle(variant: Variant): Promise<{ dir: str
   return { dir, cleanup: () => rm(tmp, { recursive: true, force: true }) };
 }
 
-/** Converts the fixture checkpoints (fp32) into `dir` (created); returns `dir`. */
-export async function convertFixtureBundleInto(dir: string, variant: Variant = 'vis1'): Promise<string> {
+/** Converts the fixture checkpoints (fp32 unless `weights` says otherwise) into `dir` (created); returns `dir`. */
+export async function convertFixtureBundleInto(dir: string, variant: Variant = 'vis1', weights: 'fp32' | 'int4' = 'fp32'): Promise<string> {
   await convertBundle({
     optDir: join(FIXTURES, 'facebook/opt-6.7b'),
     clipDir: join(FIXTURES, 'openai/clip-vit-large-patch14'),
     fromageDir: join(FIXTURES, variant === 'vis1' ? 'fromage_model' : 'fromage_model/fromage_vis4'),
     outDir: dir,
-    weights: 'fp32',
+    weights,
     progress: { silent: true },
   });
   return dir;

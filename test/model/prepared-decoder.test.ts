@@ -10,7 +10,6 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { convertBundle } from '../../src/convert/convert.ts';
 import { attr, MS_DOMAIN, OnnxGraphWriter } from '../../src/convert/onnx/graph-builder.ts';
 import { quantizeMatMulNBits } from '../../src/convert/quantize.ts';
 import { openBundle, readManifest } from '../../src/model/bundle.ts';
@@ -18,7 +17,7 @@ import type { Manifest } from '../../src/model/manifest.ts';
 import { openPreparedDecoder, prepareDecoder, preparedDir, probeHash, probeSpec, readPreparedInfo } from '../../src/model/prepared-decoder.ts';
 import { createSession } from '../../src/model/session.ts';
 import { xorshift32 } from '../../bench/xorshift.ts';
-import { FIXTURES } from './reference.ts';
+import { convertFixtureBundleInto } from './helpers.ts';
 
 const HIDDEN = 1024;
 let tmp: string;
@@ -133,14 +132,7 @@ describe('prepared decoder', () => {
 
   it('the fixture int4 bundle answers the same with or without preparing (onnxruntime 1.30 refuses its tiny weights, remembered)', async () => {
     const dir = join(tmp, 'fixture-int4');
-    await convertBundle({
-      optDir: join(FIXTURES, 'facebook/opt-6.7b'),
-      clipDir: join(FIXTURES, 'openai/clip-vit-large-patch14'),
-      fromageDir: join(FIXTURES, 'fromage_model'),
-      outDir: dir,
-      weights: 'int4',
-      progress: { silent: true },
-    });
+    await convertFixtureBundleInto(dir, 'vis1', 'int4');
     const manifest = await readManifest(dir);
     const before = await openBundle(dir, { threads: 1 });
     const spec = probeSpec(manifest);
@@ -166,14 +158,7 @@ describe('prepared decoder', () => {
 
   it('`fromage prepare` says when a bundle has nothing to prepare', async () => {
     const dir = join(tmp, 'fixture-fp32');
-    await convertBundle({
-      optDir: join(FIXTURES, 'facebook/opt-6.7b'),
-      clipDir: join(FIXTURES, 'openai/clip-vit-large-patch14'),
-      fromageDir: join(FIXTURES, 'fromage_model'),
-      outDir: dir,
-      weights: 'fp32',
-      progress: { silent: true },
-    });
+    await convertFixtureBundleInto(dir, 'vis1', 'fp32');
     const { stdout } = await promisify(execFile)(process.execPath, [join(import.meta.dirname, '../../bin/fromage.js'), 'prepare', dir], { cwd: tmp, timeout: 60_000 });
     expect(stdout).toMatch(/weights are fp32: nothing to prepare/);
   });

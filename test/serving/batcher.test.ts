@@ -4,7 +4,7 @@
  * place for a waiting job without changing the others; kept prefixes are reused.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openBundle, type Bundle } from '../../src/model/bundle.ts';
+import type { Bundle } from '../../src/model/bundle.ts';
 import { CancelledError } from '../../src/model/errors.ts';
 import { generateTokens, promptEmbeddings, type GenerateSettings, type Generated } from '../../src/model/generate.ts';
 import { logLikelihood } from '../../src/model/loglik.ts';
@@ -12,28 +12,23 @@ import { FromageGraphs } from '../../src/model/graphs.ts';
 import { assemblePrompt, type AssembledPrompt } from '../../src/model/prompt.ts';
 import { Batcher } from '../../src/serving/batcher.ts';
 import type { KvStore } from '../../src/serving/kv-types.ts';
-import { convertFixtureBundle } from '../model/helpers.ts';
+import { openFixtureBatch, type FixtureBatch } from './fixture-batch.ts';
 import { maxAbsDiff } from '../model/reference.ts';
 import { SimpleKvStore } from './simple-store.ts';
 
 let bundle: Bundle;
 let graphs: FromageGraphs;
-let cleanup: () => Promise<void>;
 let s: GenerateSettings;
+let fixture: FixtureBatch;
 beforeAll(async () => {
-  const conv = await convertFixtureBundle('vis1');
-  cleanup = conv.cleanup;
-  bundle = await openBundle(conv.dir, { threads: 1 });
-  graphs = new FromageGraphs(bundle);
-  s = { numWords: 10, seed: 0, maxPositions: bundle.manifest.model.max_positions, retId: bundle.manifest.tokens.ret, retScaleFactor: 1, minWordTokens: 0, temperature: 0, topP: 1 };
+  fixture = await openFixtureBatch();
+  ({ bundle, graphs, settings: s } = fixture);
 });
 afterAll(async () => {
-  await bundle?.release();
-  await cleanup?.();
+  await fixture?.close();
 });
 
-const idsPrompt = (n: number, mul: number): Promise<AssembledPrompt> =>
-  assemblePrompt(graphs, bundle.tokenizer, [{ kind: 'ids', ids: [2, ...Array.from({ length: n - 1 }, (_, i) => 4 + ((i * mul) % 280))] }]);
+const idsPrompt = (n: number, mul: number): Promise<AssembledPrompt> => fixture.idsPrompt(n, mul);
 
 function expectSame(got: Generated, want: Generated): void {
   expect(got.ids).toEqual(want.ids);

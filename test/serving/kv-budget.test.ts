@@ -4,39 +4,32 @@
  * over the budget, live + kept never exceed it, and answers stay those a job gets alone.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openBundle, type Bundle } from '../../src/model/bundle.ts';
 import { CancelledError } from '../../src/model/errors.ts';
 import { generateTokens, type GenerateSettings } from '../../src/model/generate.ts';
 import { FromageGraphs } from '../../src/model/graphs.ts';
-import { assemblePrompt, type AssembledPrompt } from '../../src/model/prompt.ts';
+import type { AssembledPrompt } from '../../src/model/prompt.ts';
 import { Batcher } from '../../src/serving/batcher.ts';
 import { encodedBytes } from '../../src/serving/kv-codec.ts';
 import { liveBound, positionBytes, type LiveJob } from '../../src/serving/kv-memory.ts';
 import type { KvShape, PositionKey } from '../../src/serving/kv-types.ts';
 import { createKvStore, type PrefixStore } from '../../src/serving/prefix-store.ts';
-import { convertFixtureBundle } from '../model/helpers.ts';
+import { openFixtureBatch, type FixtureBatch } from './fixture-batch.ts';
 import { ArrayKv, SHAPE, tokens } from './kv-fakes.ts';
 
-let bundle: Bundle;
 let graphs: FromageGraphs;
 let shape: KvShape;
-let cleanup: () => Promise<void>;
 let s: GenerateSettings;
+let fixture: FixtureBatch;
 beforeAll(async () => {
-  const conv = await convertFixtureBundle('vis1');
-  cleanup = conv.cleanup;
-  bundle = await openBundle(conv.dir, { threads: 1 });
-  graphs = new FromageGraphs(bundle);
+  fixture = await openFixtureBatch();
+  ({ graphs, settings: s } = fixture);
   shape = graphs.emptyCache().shape;
-  s = { numWords: 10, seed: 0, maxPositions: bundle.manifest.model.max_positions, retId: bundle.manifest.tokens.ret, retScaleFactor: 1, minWordTokens: 0, temperature: 0, topP: 1 };
 });
 afterAll(async () => {
-  await bundle?.release();
-  await cleanup?.();
+  await fixture?.close();
 });
 
-const idsPrompt = (n: number, mul: number): Promise<AssembledPrompt> =>
-  assemblePrompt(graphs, bundle.tokenizer, [{ kind: 'ids', ids: [2, ...Array.from({ length: n - 1 }, (_, i) => 4 + ((i * mul) % 280))] }]);
+const idsPrompt = (n: number, mul: number): Promise<AssembledPrompt> => fixture.idsPrompt(n, mul);
 const keysOf = (p: AssembledPrompt, tag: string): PositionKey[] => Array.from({ length: p.length }, (_, i) => `${tag}${i}`);
 const job = (prompt: number, numWords: number): LiveJob => ({ prompt, end: prompt + numWords, joined: false });
 const empty = { allocatedRows: 0, capacity: 0 };
