@@ -17,6 +17,7 @@ import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { writeTorchZipCheckpoint, type TorchTensorSpec } from '../src/convert/readers/torch-zip-writer.ts';
 import { OPT_SHAPES, writeSyntheticOptCheckpoint, type SyntheticShape } from './convert-synthetic.ts';
+import { writeSyntheticWordTokenizer } from './synthetic-bundle.ts';
 import { xorshift32 } from './xorshift.ts';
 
 const FIXTURES = resolve('test/fixtures');
@@ -124,8 +125,13 @@ async function writeSyntheticFromage(dir: string, hidden: number, clipHidden: nu
   await writeFile(join(dir, 'model_args.json'), JSON.stringify({ ...args, shared_emb_dim: emb, n_visual_tokens: 1, retrieval_token_idx: retId }));
 }
 
-/** OPT tokenizer files with the real vocabulary size (fixture merges, filler tokens); returns the size. */
+/**
+ * OPT tokenizer files with the real vocabulary size; returns the size. Full-size shapes get the
+ * synthetic word vocabulary (prose at about a token per word, as with OPT's own, so a served
+ * dialogue grows as it would); the tiny shape, too small for it, the fixture merges and fillers.
+ */
 async function writeSyntheticTokenizer(dir: string, size: number): Promise<number> {
+  if (size >= 50265) return writeSyntheticWordTokenizer(dir, size);
   const vocab = JSON.parse(await readFile(join(FIXTURES, 'facebook/opt-6.7b/vocab.json'), 'utf8')) as Record<string, number>;
   for (let id = Object.keys(vocab).length; id < size; id++) vocab[`synthetic${id}`] = id;
   await writeFile(join(dir, 'vocab.json'), JSON.stringify(vocab));

@@ -23,7 +23,8 @@
  * call to the first onText callback.
  *
  *   npm run bench:serve -- [--bundle DIR] [--weights int4|fp32] [--work DIR] [--turns 12]
- *                          [--answer 32] [--only load,a,b,c,d] [--kv-mb N]
+ *                          [--answer 32] [--only load,a,b,c,d] [--kv-mb N (section d; default 512,
+ *                          or the bundle's least accepted budget when larger)]
  */
 import { fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -42,6 +43,7 @@ import { openPreparedDecoder, preparedDir, readPreparedInfo } from '../src/model
 import { createSession } from '../src/model/session.ts';
 import { resolveThreads } from '../src/model/threads.ts';
 import { loadConfig } from '../src/config.ts';
+import { kvBundleInfo, minimumKvCacheBytes } from '../src/serving/kv-config.ts';
 import { Tokenizer } from '../src/model/tokenizer/tokenizer.ts';
 import { benchBundle, benchWork, BUNDLE_OPTIONS } from './bench-bundle.ts';
 import { SYNTHETIC_WORDS } from './synthetic-bundle.ts';
@@ -302,6 +304,9 @@ async function sectionMemory(bundleDir: string, f: Features, answer: number, kvM
   out(`KV caches counted (sampled every 100 ms): peak live + kept ${report.kvPeakMiB.toFixed(0)} MiB (live ${report.liveAtPeakMiB.toFixed(0)} MiB then) against the budget of ${report.budgetMiB.toFixed(0)} MiB\n`);
 }
 
+/** Bounds section d's filling (an OPT-6.7B-shaped turn takes seconds). */
+const FILL_DIALOGUES_MAX = 64;
+
 async function memoryChild(bundleDir: string, answer: number, kvMb: number): Promise<void> {
   const engine = await FromageEngine.start(engineOptions(bundleDir, { kvCacheMb: kvMb, batch: 4 }));
   await timedChat(engine, [], { role: 'user', text: userText(1, 5), images: [], at: 0 }, 2);
@@ -317,13 +322,24 @@ async function memoryChild(bundleDir: string, answer: number, kvMb: number): Pro
       if (live + (st?.kv?.bytes ?? 0) > kvPeak) [kvPeak, liveAtPeak] = [live + (st?.kv?.bytes ?? 0), live];
     });
   }, 100);
-  // Enough separate conversations to fill the kept-cache budget, then 4 at once.
-  for (let i = 0; i < 16; i++) await dialogue(engine, 2, answer, 30);
+  // Separate conversations until the kept caches fill the budget (the store evicted, or holds
+  // 90% of it), then 4 at once on top.
+  for (let i = 0; i < FILL_DIALOGUES_MAX; i++) {
+    await dialogue(engine, 2, answer, 30);
+    const kv = (await engine.servingStats())?.kv;
+    if (kv && (kv.evictions > 0 || kv.bytes >= 0.9 * kv.budgetBytes)) break;
+  }
   await Promise.all(Array.from({ length: 4 }, () => dialogue(engine, 3, answer, 30)));
   clearInterval(sampler);
   await engine.close();
   const mib = 2 ** 20;
   process.send?.({ modelMiB, peakMiB: process.resourceUsage().maxRSS / 1024, kvPeakMiB: kvPeak / mib, liveAtPeakMiB: liveAtPeak / mib, budgetMiB: budget / mib });
+}
+
+/** Section d's budget unless --kv-mb: 512 MB, or the least the engine accepts for this bundle when that is more (4128 MiB at 6.7B). */
+async function defaultMemoryBudgetMb(bundleDir: string): Promise<number> {
+  const manifest = await readManifest(bundleDir);
+  return Math.max(512, Math.ceil(minimumKvCacheBytes(kvBundleInfo(manifest, bundleDir), USER_DEFAULTS.FROMAGE_KV_CODEC) / 2 ** 20));
 }
 
 function median(xs: readonly number[]): number {
@@ -352,7 +368,7 @@ async function main(): Promise<void> {
       turns: { type: 'string', default: '12' },
       answer: { type: 'string', default: '32' },
       only: { type: 'string', default: 'load,a,b,c,d' },
-      'kv-mb': { type: 'string', default: '512' },
+      'kv-mb': { type: 'string', default: '' },
     },
   });
   const work = await benchWork(values);
@@ -369,7 +385,7 @@ async function main(): Promise<void> {
   if (only.has('a')) await sectionMultiTurn(bundleDir, f, turns, answer);
   if (only.has('b')) await sectionResume(bundleDir, f, turns, answer, work);
   if (only.has('c')) await sectionConcurrency(bundleDir, f, answer);
-  if (only.has('d')) await sectionMemory(bundleDir, f, answer, Number(values['kv-mb']));
+  if (only.has('d')) await sectionMemory(bundleDir, f, answer, values['kv-mb'] ? Number(values['kv-mb']) : await defaultMemoryBudgetMb(bundleDir));
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

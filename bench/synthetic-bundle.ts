@@ -67,9 +67,12 @@ async function writeCheckpoint(path: string, specs: readonly TorchTensorSpec[]):
   }, { folder });
 }
 
-/** facebook/opt-*-shaped folder: config, tokenizer files (a synthetic 50265-entry vocabulary), fp16 shards. */
-async function writeOpt(dir: string, d: OptDims): Promise<void> {
-  await mkdir(dir, { recursive: true });
+/**
+ * OPT-style tokenizer files with a synthetic `size`-entry vocabulary (50265 for OPT): byte
+ * tokens, then every SYNTHETIC_WORDS word and every short letter string as one "Ġ"-led token.
+ * Returns the vocabulary size.
+ */
+export async function writeSyntheticWordTokenizer(dir: string, size = 50265): Promise<number> {
   const vocab: Record<string, number> = { '<s>': 0, '<pad>': 1, '</s>': 2, '<unk>': 3 };
   let next = 4;
   const order = [...Array(256).keys()].sort((a, b) => (BYTE_TO_CHAR[a].codePointAt(0)! > 255 ? 1 : 0) - (BYTE_TO_CHAR[b].codePointAt(0)! > 255 ? 1 : 0) || a - b);
@@ -90,9 +93,10 @@ async function writeOpt(dir: string, d: OptDims): Promise<void> {
     }
   };
   for (const word of SYNTHETIC_WORDS) add(word);
+  if (next > size) throw new Error(`a synthetic word vocabulary needs at least ${next} entries, not ${size}`);
   const letters = 'abcdefghijklmnopqrstuvwxyz';
-  for (let length = 1; next < 50265; length++) {
-    for (let i = 0; i < letters.length ** length && next < 50265; i++) {
+  for (let length = 1; next < size; length++) {
+    for (let i = 0; i < letters.length ** length && next < size; i++) {
       let word = '';
       for (let k = 0, n = i; k < length; k++, n = Math.floor(n / letters.length)) word = letters[n % letters.length] + word;
       add(word);
@@ -102,6 +106,13 @@ async function writeOpt(dir: string, d: OptDims): Promise<void> {
   await writeFile(join(dir, 'merges.txt'), `#version: 0.2\n${merges.join('\n')}\n`);
   await cp(join(FIXTURES, 'facebook/opt-6.7b/tokenizer_config.json'), join(dir, 'tokenizer_config.json'));
   await cp(join(FIXTURES, 'facebook/opt-6.7b/special_tokens_map.json'), join(dir, 'special_tokens_map.json'));
+  return next;
+}
+
+/** facebook/opt-*-shaped folder: config, tokenizer files (a synthetic 50265-entry vocabulary), fp16 shards. */
+async function writeOpt(dir: string, d: OptDims): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  await writeSyntheticWordTokenizer(dir);
   const config = JSON.parse(await readFile(join(FIXTURES, 'facebook/opt-6.7b/config.json'), 'utf8')) as Record<string, unknown>;
   Object.assign(config, { hidden_size: d.hidden, num_hidden_layers: d.layers, num_attention_heads: d.heads, ffn_dim: d.ffn, vocab_size: d.vocab, max_position_embeddings: d.maxPositions, word_embed_proj_dim: d.hidden });
   await writeFile(join(dir, 'config.json'), JSON.stringify(config));

@@ -14,6 +14,9 @@
  *    small machine, this process, redis-server and the workers' GC helpers share the cores);
  *  - idle: --probes 1-token jobs sent one at a time right after it, each to a worker with nothing
  *    running: the queue's own cost (BullMQ add, marker wake-up, moveToActive, the job's start).
+ * Each worker count also runs once without the queue ("direct"): the same jobs on that many
+ * in-process engines (1 onnxruntime thread each), so the workers' ratio can be read against
+ * what this machine's cores give the model compute on its own, measured in the same run.
  * The issue's goal (p99 under 5 ms on loopback) is judged on the idle figure; the loaded one
  * shows what CPU contention adds. On Linux each row also prints how long the workers'
  * event-loop threads waited for a CPU during the loaded run (/proc/PID/task/PID/schedstat).
@@ -31,6 +34,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { DEFAULT_SETTINGS } from '../src/conversation/types.ts';
+import { FromageEngine } from '../src/model/engine.ts';
 import { parseRedisUrl } from '../src/remote/redis-url.ts';
 import { RemoteEngine } from '../src/remote/remote-engine.ts';
 import { DEFAULT_COMPUTE_NICE } from '../src/remote/thread-priority.ts';
@@ -162,6 +166,35 @@ async function measure(o: MeasureOptions): Promise<Row> {
   }
 }
 
+interface DirectRow {
+  readonly engines: number;
+  readonly seconds: number;
+  readonly answers: number;
+  readonly tokens: number;
+}
+
+/** The same jobs on `n` in-process engines (1 thread, batch 1 each) pulling from one list: no Redis, no worker processes. */
+async function measureDirect(bundle: string, n: number, jobs: readonly string[], answer: number): Promise<DirectRow> {
+  const engines = await Promise.all(
+    Array.from({ length: n }, () => FromageEngine.start({ bundleDir: bundle, indexDirs: [], fetch: false, threads: 1, batch: 1, kvDiskMb: 0, onLog: () => undefined })),
+  );
+  try {
+    const settings = { ...DEFAULT_SETTINGS, maxWords: answer };
+    await Promise.all(engines.map((e, i) => e.chat([{ type: 'text', text: `Q: warm up ${n} ${i}\nA:` }], settings)));
+    let next = 0;
+    let tokens = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      engines.map(async (e) => {
+        while (next < jobs.length) tokens += (await e.chat([{ type: 'text', text: jobs[next++] }], settings)).generatedTokens;
+      }),
+    );
+    return { engines: n, seconds: (performance.now() - t0) / 1000, answers: jobs.length, tokens };
+  } finally {
+    await Promise.all(engines.map((e) => e.close()));
+  }
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -189,8 +222,15 @@ async function main(): Promise<void> {
       `  queue overhead = gateway enqueue -> worker start of the job. loaded: during the throughput run (every core computing); idle: ${probes} 1-token jobs one at a time to idle workers (the queue's own cost)\n`,
   );
   const rows: Row[] = [];
+  const direct: DirectRow[] = [];
   try {
-    for (const n of counts) for (const computeNice of nices) {
+    for (const n of counts) for (const computeNice of [undefined, ...nices]) {
+      if (computeNice === undefined) {
+        const d = await measureDirect(bundle, n, prompts(Number(values.jobs), 1000 + n, Number(values.words)), answer);
+        direct.push(d);
+        out(`  ${n} engine${n > 1 ? 's' : ' '} direct (no queue, in this process): ${(d.answers / d.seconds).toFixed(2)} answers/s, ${(d.tokens / d.seconds).toFixed(1)} tokens/s (${d.answers} answers, ${d.tokens} tokens in ${d.seconds.toFixed(2)} s)\n`);
+        continue;
+      }
       const row = await measure({ bundle, work: runDir, redisUrl: redis.url, workers: n, batch, jobs: prompts(Number(values.jobs), 1000 + n, Number(values.words)), answer, probes, computeNice });
       rows.push(row);
       const wait = row.loopWaitMs !== undefined ? `; workers' event loops waited ${row.loopWaitMs.toFixed(0)} ms for a CPU (${(row.loopWaitMs / row.answers).toFixed(2)} ms/job)` : '';
@@ -205,8 +245,17 @@ async function main(): Promise<void> {
     await redis.destroy();
     await rm(runDir, { recursive: true, force: true });
   }
+  const directBase = direct.find((d) => d.engines === 1);
+  if (directBase) {
+    for (const d of direct.filter((x) => x !== directBase))
+      out(`  direct: ${d.engines} engines / 1 engine: tokens/s x${(d.tokens / d.seconds / (directBase.tokens / directBase.seconds)).toFixed(2)} (what this machine's cores give the model compute alone: the ceiling for the workers' ratio)\n`);
+  }
   for (const nice of nices) {
     const mine = rows.filter((r) => r.nice === nice);
+    for (const r of mine) {
+      const d = direct.find((x) => x.engines === r.workers);
+      if (d) out(`  nice ${nice}: ${r.workers} worker${r.workers > 1 ? 's' : ''} / ${r.workers} direct: tokens/s x${(r.tokens / r.seconds / (d.tokens / d.seconds)).toFixed(2)} (what the queue and the separate processes cost)\n`);
+    }
     const base = mine.find((r) => r.workers === 1);
     if (base) {
       for (const r of mine.filter((x) => x !== base))
