@@ -22,10 +22,13 @@
  * event-loop threads waited for a CPU during the loaded run (/proc/PID/task/PID/schedstat).
  * Workers run with each --compute-nice value in turn (default 0,10: priorities left alone, and
  * what `fromage worker` does), interleaved per worker count so both face the same machine.
+ * All of it repeats for --rounds rounds (default 3; each round's arms run back to back): every
+ * ratio is taken within a round and the median over rounds printed with each round's value, since
+ * one arm lasts seconds and a shared machine's neighbours can move a single run by 20%.
  *
  *   npm run bench:workers -- [--bundle DIR] [--weights int4|fp32] [--work DIR] [--jobs 24]
  *                            [--answer 16] [--workers 1,2,3] [--batch 1] [--words 24 (per prompt)]
- *                            [--probes 60] [--compute-nice 0,10]
+ *                            [--probes 60] [--compute-nice 0,10] [--rounds 3]
  */
 import { readFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
@@ -59,6 +62,11 @@ interface Row {
   /** Run-queue wait of the workers' event-loop threads during the throughput run, ms (Linux). */
   readonly loopWaitMs?: number;
 }
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? Number.NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
 
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -186,7 +194,11 @@ async function measureDirect(bundle: string, n: number, jobs: readonly string[],
     const t0 = performance.now();
     await Promise.all(
       engines.map(async (e) => {
-        while (next < jobs.length) tokens += (await e.chat([{ type: 'text', text: jobs[next++] }], settings)).generatedTokens;
+        while (next < jobs.length) {
+          // Read the answer before adding: `tokens += await ...` would add to the value read before the await and lose the other engines' tokens.
+          const answered = await e.chat([{ type: 'text', text: jobs[next++] }], settings);
+          tokens += answered.generatedTokens;
+        }
       }),
     );
     return { engines: n, seconds: (performance.now() - t0) / 1000, answers: jobs.length, tokens };
@@ -205,6 +217,7 @@ async function main(): Promise<void> {
       batch: { type: 'string', default: '1' },
       words: { type: 'string', default: '24' },
       probes: { type: 'string', default: '60' },
+      rounds: { type: 'string', default: '3' },
       'compute-nice': { type: 'string', default: `0,${DEFAULT_COMPUTE_NICE}` },
     },
   });
@@ -217,54 +230,65 @@ async function main(): Promise<void> {
   const runDir = join(work, `workers-${process.pid}`);
   const nices = values['compute-nice'].split(',').map(Number);
   const probes = Number(values.probes);
+  const rounds = Number(values.rounds);
   out(
-    `bench:workers  bundle ${bundle}; redis-server on loopback; ${values.jobs} jobs of up to ${answer} tokens; workers 1 thread, batch ${batch}; workers' non-event-loop threads at nice ${nices.join(' then ')} (--compute-nice); ${availableParallelism()} cores here, load average ${loadavg()[0].toFixed(2)} at the start\n` +
+    `bench:workers  bundle ${bundle}; redis-server on loopback; ${rounds} round${rounds > 1 ? 's' : ''} of: ${values.jobs} jobs of up to ${answer} tokens; workers 1 thread, batch ${batch}; workers' non-event-loop threads at nice ${nices.join(' then ')} (--compute-nice); ${availableParallelism()} cores here, load average ${loadavg()[0].toFixed(2)} at the start\n` +
       `  queue overhead = gateway enqueue -> worker start of the job. loaded: during the throughput run (every core computing); idle: ${probes} 1-token jobs one at a time to idle workers (the queue's own cost)\n`,
   );
-  const rows: Row[] = [];
-  const direct: DirectRow[] = [];
+  const rows: (Row & { readonly round: number })[] = [];
+  const direct: (DirectRow & { readonly round: number })[] = [];
+  const tps = (x: { tokens: number; seconds: number }) => x.tokens / x.seconds;
   try {
-    for (const n of counts) for (const computeNice of [undefined, ...nices]) {
-      if (computeNice === undefined) {
-        const d = await measureDirect(bundle, n, prompts(Number(values.jobs), 1000 + n, Number(values.words)), answer);
-        direct.push(d);
-        out(`  ${n} engine${n > 1 ? 's' : ' '} direct (no queue, in this process): ${(d.answers / d.seconds).toFixed(2)} answers/s, ${(d.tokens / d.seconds).toFixed(1)} tokens/s (${d.answers} answers, ${d.tokens} tokens in ${d.seconds.toFixed(2)} s)\n`);
-        continue;
+    for (let round = 1; round <= rounds; round++) {
+      if (rounds > 1) out(`  round ${round} of ${rounds}\n`);
+      for (const n of counts) for (const computeNice of [undefined, ...nices]) {
+        const jobs = prompts(Number(values.jobs), 1000 * round + n, Number(values.words));
+        if (computeNice === undefined) {
+          const d = { ...(await measureDirect(bundle, n, jobs, answer)), round };
+          direct.push(d);
+          out(`  ${n} engine${n > 1 ? 's' : ' '} direct (no queue, in this process): ${(d.answers / d.seconds).toFixed(2)} answers/s, ${tps(d).toFixed(1)} tokens/s (${d.answers} answers, ${d.tokens} tokens in ${d.seconds.toFixed(2)} s)\n`);
+          continue;
+        }
+        const row = { ...(await measure({ bundle, work: runDir, redisUrl: redis.url, workers: n, batch, jobs, answer, probes, computeNice })), round };
+        rows.push(row);
+        const wait = row.loopWaitMs !== undefined ? `; workers' event loops waited ${row.loopWaitMs.toFixed(0)} ms for a CPU (${(row.loopWaitMs / row.answers).toFixed(2)} ms/job)` : '';
+        out(
+          `  ${n} worker${n > 1 ? 's' : ' '}, nice ${String(computeNice).padStart(2)}: ${(row.answers / row.seconds).toFixed(2)} answers/s, ${tps(row).toFixed(1)} tokens/s ` +
+            `(${row.answers} answers, ${row.tokens} tokens in ${row.seconds.toFixed(2)} s)\n` +
+            `    queue overhead loaded p50 ${pct(row.overheadMs, 50).toFixed(2)} ms, p99 ${pct(row.overheadMs, 99).toFixed(2)} ms (${row.overheadMs.length} jobs${wait}); ` +
+            `idle p50 ${pct(row.idleMs, 50).toFixed(2)} ms, p99 ${pct(row.idleMs, 99).toFixed(2)} ms (${row.idleMs.length} jobs)\n`,
+        );
       }
-      const row = await measure({ bundle, work: runDir, redisUrl: redis.url, workers: n, batch, jobs: prompts(Number(values.jobs), 1000 + n, Number(values.words)), answer, probes, computeNice });
-      rows.push(row);
-      const wait = row.loopWaitMs !== undefined ? `; workers' event loops waited ${row.loopWaitMs.toFixed(0)} ms for a CPU (${(row.loopWaitMs / row.answers).toFixed(2)} ms/job)` : '';
-      out(
-        `  ${n} worker${n > 1 ? 's' : ' '}, nice ${String(computeNice).padStart(2)}: ${(row.answers / row.seconds).toFixed(2)} answers/s, ${(row.tokens / row.seconds).toFixed(1)} tokens/s ` +
-          `(${row.answers} answers, ${row.tokens} tokens in ${row.seconds.toFixed(2)} s)\n` +
-          `    queue overhead loaded p50 ${pct(row.overheadMs, 50).toFixed(2)} ms, p99 ${pct(row.overheadMs, 99).toFixed(2)} ms (${row.overheadMs.length} jobs${wait}); ` +
-          `idle p50 ${pct(row.idleMs, 50).toFixed(2)} ms, p99 ${pct(row.idleMs, 99).toFixed(2)} ms (${row.idleMs.length} jobs)\n`,
-      );
     }
   } finally {
     await redis.destroy();
     await rm(runDir, { recursive: true, force: true });
   }
-  const directBase = direct.find((d) => d.engines === 1);
-  if (directBase) {
-    for (const d of direct.filter((x) => x !== directBase))
-      out(`  direct: ${d.engines} engines / 1 engine: tokens/s x${(d.tokens / d.seconds / (directBase.tokens / directBase.seconds)).toFixed(2)} (what this machine's cores give the model compute alone: the ceiling for the workers' ratio)\n`);
-  }
+  // Each ratio divides two arms of the same round (minutes apart at most, so both faced the same
+  // machine); the median over rounds keeps one disturbed round from deciding the figure.
+  const ratio = (num: (r: number) => { tokens: number; seconds: number } | undefined, den: (r: number) => { tokens: number; seconds: number } | undefined): string => {
+    const per: number[] = [];
+    for (let r = 1; r <= rounds; r++) {
+      const a = num(r);
+      const b = den(r);
+      if (a && b) per.push(tps(a) / tps(b));
+    }
+    return `x${median(per).toFixed(2)}${per.length > 1 ? ` (median of ${per.length} rounds: ${per.map((x) => x.toFixed(2)).join(', ')})` : ''}`;
+  };
+  const directOf = (n: number) => (r: number) => direct.find((d) => d.engines === n && d.round === r);
+  const workersOf = (n: number, nice: number) => (r: number) => rows.find((x) => x.workers === n && x.nice === nice && x.round === r);
+  for (const n of counts.filter((c) => c !== 1))
+    out(`  direct: ${n} engines / 1 engine: tokens/s ${ratio(directOf(n), directOf(1))} (what this machine's cores give the model compute alone: the ceiling for the workers' ratio)\n`);
   for (const nice of nices) {
+    for (const n of counts)
+      out(`  nice ${nice}: ${n} worker${n > 1 ? 's' : ''} / ${n} direct: tokens/s ${ratio(workersOf(n, nice), directOf(n))} (what the queue and the separate processes cost)\n`);
+    for (const n of counts.filter((c) => c !== 1))
+      out(`  nice ${nice}: ${n} workers / 1 worker: tokens/s ${ratio(workersOf(n, nice), workersOf(1, nice))}${n === 2 ? ' (goal: at least x1.7)' : ''}\n`);
     const mine = rows.filter((r) => r.nice === nice);
-    for (const r of mine) {
-      const d = direct.find((x) => x.engines === r.workers);
-      if (d) out(`  nice ${nice}: ${r.workers} worker${r.workers > 1 ? 's' : ''} / ${r.workers} direct: tokens/s x${(r.tokens / r.seconds / (d.tokens / d.seconds)).toFixed(2)} (what the queue and the separate processes cost)\n`);
-    }
-    const base = mine.find((r) => r.workers === 1);
-    if (base) {
-      for (const r of mine.filter((x) => x !== base))
-        out(`  nice ${nice}: ${r.workers} workers / 1 worker: answers/s x${(r.answers / r.seconds / (base.answers / base.seconds)).toFixed(2)}, tokens/s x${(r.tokens / r.seconds / (base.tokens / base.seconds)).toFixed(2)}${r.workers === 2 ? ' (goal: at least x1.7)' : ''}\n`);
-    }
     const loaded = mine.flatMap((r) => r.overheadMs);
     const idle = mine.flatMap((r) => r.idleMs);
-    out(`  nice ${nice}: queue overhead over all runs, loaded: p50 ${pct(loaded, 50).toFixed(2)} ms, p99 ${pct(loaded, 99).toFixed(2)} ms (includes waiting for a CPU behind the model and its GC)\n`);
-    out(`  nice ${nice}: queue overhead over all runs, idle:   p50 ${pct(idle, 50).toFixed(2)} ms, p99 ${pct(idle, 99).toFixed(2)} ms (goal: p99 under 5 ms on loopback; judged on this line)\n`);
+    out(`  nice ${nice}: queue overhead over all runs, loaded: p50 ${pct(loaded, 50).toFixed(2)} ms, p99 ${pct(loaded, 99).toFixed(2)} ms (${loaded.length} jobs; includes waiting for a CPU behind the model and its GC)\n`);
+    out(`  nice ${nice}: queue overhead over all runs, idle:   p50 ${pct(idle, 50).toFixed(2)} ms, p99 ${pct(idle, 99).toFixed(2)} ms (${idle.length} jobs; goal: p99 under 5 ms on loopback; judged on this line)\n`);
   }
   out(`  load average ${loadavg()[0].toFixed(2)} at the end (other work on this machine shows here: it inflates the p99s)\n`);
   if (counts.some((n) => n > availableParallelism())) out(`  note: more workers than the ${availableParallelism()} cores here: they share cores, so the ratios understate the scaling\n`);
