@@ -19,9 +19,9 @@
  * writes are serialized; at most half the budget, or one entry, waits for them), and close()
  * writes what is still kept.
  */
-import { bodyOf, decodeKvInto, encodeKv, joinPieces, shiftedReader, type EncodedKv, type KvCodecName } from './kv-codec.ts';
+import { bodyOf, decodeKvInto, encodedBytes, encodeKv, joinPieces, shiftedReader, type EncodedKv, type KvCodecName } from './kv-codec.ts';
 import { KvSpill, type KvSpillOptions } from './kv-spill.ts';
-import type { KvMemory, KvReader, KvStore, KvStoreStats, KvWriter, PositionKey, PrefixMatch } from './kv-types.ts';
+import type { KvMemory, KvReader, KvShape, KvStore, KvStoreStats, KvWriter, PositionKey, PrefixMatch } from './kv-types.ts';
 import { commonPrefixLength } from './position-keys.ts';
 
 export interface KvStoreOptions {
@@ -225,7 +225,32 @@ export class PrefixStore implements KvStore {
       }
       if (common > (base?.length ?? 0) && entry.pieces[0].kv.codec === this.codec) base = { entry, length: common };
     }
+    // Room first: the pieces are allocated before keep() could evict for them, and this cache's
+    // row is still live, so evicting afterwards would leave both past the budget for a while.
+    const bytes = this.newBytesFor(keys, from.shape, base);
+    if (bytes <= this.room) this.makeRoom(bytes, base?.entry);
     this.keep([...keys], this.piecesFor(keys.length, from, base), false);
+  }
+
+  /** Bytes keeping `keys` allocates: the encoded tail past what `base` shares (all of it without one), and the entry's bookkeeping. */
+  private newBytesFor(keys: readonly PositionKey[], shape: KvShape, base: { entry: Entry; length: number } | undefined): number {
+    let start = 0;
+    if (base) {
+      const shared = base.entry.pieces.filter((p) => p.start + p.kv.length <= base.length).length;
+      const straddling = base.entry.pieces.find((p) => p.start < base.length && p.start + p.kv.length > base.length);
+      // Past MAX_PIECES the pieces are joined into one copy of the whole entry.
+      if (shared + 1 <= MAX_PIECES) start = straddling ? straddling.start : base.length;
+    }
+    return encodedBytes(shape, keys.length - start, this.codec) + overheadOf(keys);
+  }
+
+  /** Evicts least recently used entries (not `spare`, whose pieces a new entry shares, nor pinned ones) until `bytes` more fit. */
+  private makeRoom(bytes: number, spare?: Entry): void {
+    for (const victim of [...this.entries]) {
+      if (this.used + bytes <= this.room) return;
+      if (victim === spare || victim.pins > 0) continue;
+      this.evict(victim);
+    }
   }
 
   /**

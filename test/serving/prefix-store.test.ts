@@ -175,6 +175,37 @@ describe('prefix store: budget', () => {
     expect((await store.match(c, 9))?.length).toBe(9);
   });
 
+  it('makes room before encoding a new entry: kept bytes plus the one being encoded stay within what live caches leave', async () => {
+    const budget = 3 * entryBytes(10);
+    const store = createKvStore({ budgetBytes: budget, codec: 'fp32' });
+    const live = entryBytes(10); // the finished row the cache is copied from is still live
+    store.memory?.growLive(live);
+    let worst = 0;
+    // What encoding allocates: the data (bookkeeping is counted when the entry is kept).
+    const watched = (keys: PositionKey[], newBytes = encodedBytes(SHAPE, keys.length, 'fp32')): ArrayKv => {
+      const kv = ArrayKv.forKeys(keys);
+      const read = kv.read.bind(kv);
+      // Reads happen while the new entry is being encoded: its bytes exist but are not counted yet.
+      kv.read = (j, h, from, to) => {
+        worst = Math.max(worst, store.stats().bytes + newBytes + live);
+        return read(j, h, from, to);
+      };
+      return kv;
+    };
+    for (let i = 1; i <= 4; i++) {
+      const keys = tokens(10, i);
+      await store.insert(keys, watched(keys));
+    }
+    // A dialogue's next turn encodes only its tail, beside the turn it extends.
+    const turn1 = tokens(10, 9);
+    await store.insert(turn1, watched(turn1));
+    const turn2 = [...turn1, ...tokens(10, 10)];
+    await store.insert(turn2, watched(turn2, encodedBytes(SHAPE, 10, 'fp32')));
+    expect(store.stats().evictions).toBeGreaterThan(0);
+    expect(worst).toBeLessThanOrEqual(budget);
+    expect((await store.match([...turn2, 1], 100))?.length).toBe(20);
+  });
+
   it('an entry larger than the whole budget is not kept, and nothing breaks', async () => {
     const store = createKvStore({ budgetBytes: entryBytes(10), codec: 'fp32' });
     const small = tokens(10, 1);
