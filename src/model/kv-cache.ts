@@ -66,6 +66,17 @@ export class KvCache implements KvReader, KvWriter {
     if (total > this.cap) this.resize(total);
   }
 
+  /**
+   * Drops the buffers (the cache is empty afterwards), so that whoever still holds the object,
+   * e.g. across an awaited answer after its positions were copied elsewhere, does not hold the
+   * memory.
+   */
+  release(): void {
+    this.buffers = this.buffers.map(() => new Float32Array(0));
+    this.cap = 0;
+    this.filled = 0;
+  }
+
   private resize(cap: number): void {
     if (cap === this.cap) return;
     const { heads, headDim } = this.shape;

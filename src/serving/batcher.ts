@@ -269,6 +269,8 @@ export class Batcher {
         this.gate
           .run(async () => {
             this.pool.join(cache, s.numWords);
+            // Counted out by drop(): its memory must go too, though this function holds `cache` until the answer ends.
+            cache.release();
             drop();
             this.rows.push(row);
             this.kick();

@@ -51,6 +51,19 @@ describe('KvCache', () => {
     expect(m.slice(MIN_CACHE_CAPACITY)).toEqual([1n, 1n]);
   });
 
+  it('release drops the buffers (a holder of the object keeps no memory) and leaves an empty cache that works again', () => {
+    const c = new KvCache(shape);
+    c.preallocate(10);
+    c.append(fresh(0, 10), 10);
+    const before = c.feeds()['past_key_values.0.key'].data;
+    c.release();
+    expect([c.length, c.capacity]).toEqual([0, 0]);
+    expect(c.feeds()['past_key_values.0.key'].data).not.toBe(before);
+    expect((c.feeds()['past_key_values.0.key'].data as Float32Array).length).toBe(0);
+    c.append(fresh(0, 4), 4);
+    expectContents(c);
+  });
+
   it('feeds the same buffers every step until it grows (no copy per step)', () => {
     const c = new KvCache(shape);
     c.append(fresh(0, 3), 3);
