@@ -33,6 +33,7 @@ import type { AssembledPrompt } from '../src/model/prompt.ts';
 import type { SessionOptions } from '../src/model/session.ts';
 import { resolveThreads } from '../src/model/threads.ts';
 import { syntheticBundle } from './synthetic-bundle.ts';
+import { median } from './median.ts';
 
 function randomPrompt(graphs: FromageGraphs, length: number): Promise<AssembledPrompt> {
   const ids = Array.from({ length }, (_, i) => 4 + ((i * 7919) % (graphs.vocab - 6)));
@@ -108,10 +109,6 @@ async function runArm(dir: string, threads: SessionOptions['threads'], ctx: numb
   }
 }
 
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 /** d: onnxruntime's default thread pool against the count FROMAGE_THREADS=0 picks, alternated. */
 async function compareThreads(dir: string, ctx: number, tokens: number, rounds: number): Promise<void> {

@@ -48,6 +48,7 @@ import { Tokenizer } from '../src/model/tokenizer/tokenizer.ts';
 import { benchBundle, benchWork, BUNDLE_OPTIONS } from './bench-bundle.ts';
 import { SYNTHETIC_WORDS } from './synthetic-bundle.ts';
 import { xorshift32 } from './xorshift.ts';
+import { median } from './median.ts';
 
 const NA = 'n/a (not available in this build)';
 const out = (s: string): boolean => process.stdout.write(s);
@@ -357,11 +358,6 @@ async function defaultMemoryBudgetMb(bundleDir: string): Promise<number> {
   return Math.max(512, Math.ceil(minimumKvCacheBytes(kvBundleInfo(manifest, bundleDir), USER_DEFAULTS.FROMAGE_KV_CODEC) / 2 ** 20));
 }
 
-function median(xs: readonly number[]): number {
-  if (xs.length === 0) return Number.NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 /** Linux: resident memory split into private (anonymous) and file-backed pages, in GiB. */
 function residentBreakdown(): { anon: number; file: number } | undefined {

@@ -46,6 +46,7 @@ import { startTestRedis } from '../test/remote/redis-server.ts';
 import { benchBundle, benchWork, BUNDLE_OPTIONS } from './bench-bundle.ts';
 import { SYNTHETIC_WORDS } from './synthetic-bundle.ts';
 import { xorshift32 } from './xorshift.ts';
+import { median } from './median.ts';
 
 const out = (s: string): boolean => process.stdout.write(s);
 
@@ -63,10 +64,6 @@ interface Row {
   readonly loopWaitMs?: number;
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0 ? Number.NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
