@@ -182,6 +182,9 @@ export class PrefixStore implements KvStore {
     while (spill && length < limit) {
       const onDisk = spill.best(keys, limit);
       if (!onDisk || onDisk.length <= length) break;
+      // Room first, as for insert: the read allocates the entry before keep() could evict for it.
+      const need = onDisk.entry.header.bodyBytes + overheadOf(onDisk.entry.keys);
+      if (this.enabled && need <= this.room) this.makeRoom(need, entry);
       const read = await spill.read(onDisk.entry);
       if (!read) continue; // damaged: removed from the spill; look again
       this.counters.spillReads++;

@@ -83,6 +83,27 @@ describe('disk spill', () => {
     }
   });
 
+  it('makes room before reading an entry back: what is kept plus what is read stays within the budget', async () => {
+    const dir = await tempDir();
+    let keptWhileReading = -1;
+    const fs: SpillFs = {
+      ...nodeSpillFs,
+      read: async (path, position, length) => {
+        if (length >= ENTRY / 2) keptWhileReading = Math.max(keptWhileReading, store.stats().bytes);
+        return nodeSpillFs.read(path, position, length);
+      },
+    };
+    const { store } = storeOn(dir, { fs });
+    const [a, b] = [tokens(10, 1), tokens(10, 2)];
+    await store.insert(a, ArrayKv.forKeys(a));
+    await store.insert(b, ArrayKv.forKeys(b)); // evicts a to disk
+    await store.flush();
+    expect((await copied(store, a))?.length).toBe(10);
+    expect(store.stats().spillReads).toBe(1);
+    expect(keptWhileReading).toBe(0); // b went before a's body was read, not after
+    await store.close();
+  });
+
   it('survives a restart: a new store on the same directory finds what close() wrote', async () => {
     const dir = await tempDir();
     const first = storeOn(dir).store;
