@@ -29,6 +29,7 @@
 import { fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
@@ -295,15 +296,15 @@ async function sectionMemory(bundleDir: string, f: Features, answer: number, kvM
     out(`   kept caches: ${NA}\n`);
     return;
   }
-  const report = await new Promise<{ loadedMiB: number; modelMiB: number; peakMiB: number; kvPeakMiB: number; liveAtPeakMiB: number; otherMaxMiB: number; budgetMiB: number; filled: number; evictions: number }>((res, rej) => {
+  const report = await new Promise<{ loadedMiB: number; modelMiB: number; peakMiB: number; kvPeakMiB: number; liveAtPeakMiB: number; otherMaxMiB: number; budgetMiB: number; filled: number; evictions: number; spillWrites: number }>((res, rej) => {
     const c = fork(process.argv[1], ['--memory-child', bundleDir, String(answer), String(kvMb)], { execArgv: ['--import', 'tsx'] });
-    let got: { loadedMiB: number; modelMiB: number; peakMiB: number; kvPeakMiB: number; liveAtPeakMiB: number; otherMaxMiB: number; budgetMiB: number; filled: number; evictions: number } | undefined;
+    let got: { loadedMiB: number; modelMiB: number; peakMiB: number; kvPeakMiB: number; liveAtPeakMiB: number; otherMaxMiB: number; budgetMiB: number; filled: number; evictions: number; spillWrites: number } | undefined;
     c.on('message', (m) => (got = m as typeof got));
     c.on('exit', (code) => (code === 0 && got ? res(got) : rej(new Error(`memory child failed (exit ${code})`))));
   });
   out(`model loaded: ${report.loadedMiB.toFixed(0)} MiB RSS; model at work (after 4 answers at once, their KV caches counted out): ${report.modelMiB.toFixed(0)} MiB\n`);
   out(`peak: ${report.peakMiB.toFixed(0)} MiB; peak - model at work = ${(report.peakMiB - report.modelMiB).toFixed(0)} MiB against a KV budget (live + kept caches) of ${report.budgetMiB.toFixed(0)} MiB (goal: within it)\n`);
-  out(`KV caches counted (sampled every 100 ms): peak live + kept ${report.kvPeakMiB.toFixed(0)} MiB (live ${report.liveAtPeakMiB.toFixed(0)} MiB then) against the budget of ${report.budgetMiB.toFixed(0)} MiB; ${report.filled} 2-turn conversations kept before the 4, ${report.evictions} evictions in all\n`);
+  out(`KV caches counted (sampled every 100 ms): peak live + kept ${report.kvPeakMiB.toFixed(0)} MiB (live ${report.liveAtPeakMiB.toFixed(0)} MiB then) against the budget of ${report.budgetMiB.toFixed(0)} MiB; ${report.filled} 2-turn conversations kept before the 4, ${report.evictions} evictions in all, ${report.spillWrites} written to the disk spill\n`);
   out(`RSS less the KV bytes counted (sampled with them): at most ${report.otherMaxMiB.toFixed(0)} MiB, ${(report.otherMaxMiB - report.modelMiB).toFixed(0)} MiB above the model at work (onnxruntime's arena and the allocators' free lists growing while caches come and go)\n`);
 }
 
@@ -311,7 +312,10 @@ async function sectionMemory(bundleDir: string, f: Features, answer: number, kvM
 const FILL_DIALOGUES_MAX = 64;
 
 async function memoryChild(bundleDir: string, answer: number, kvMb: number): Promise<void> {
-  const engine = await FromageEngine.start(engineOptions(bundleDir, { kvCacheMb: kvMb, batch: 4 }));
+  // The disk spill on, as `fromage serve` has it by default: evicted caches wait in memory for their write.
+  const kvDir = await mkdtemp(join(tmpdir(), 'fromage-serve-d-kv-'));
+  const spill = engineSupports('kvDir') ? { kvDir, ...(engineSupports('kvDiskMb') ? { kvDiskMb: USER_DEFAULTS.FROMAGE_KV_DISK_MB } : {}) } : {};
+  const engine = await FromageEngine.start(engineOptions(bundleDir, { kvCacheMb: kvMb, batch: 4, ...spill }));
   await timedChat(engine, [], { role: 'user', text: userText(1, 5), images: [], at: 0 }, 2);
   const loadedMiB = process.memoryUsage().rss / 2 ** 20;
   // The model at work: 4 rows decoding and a full prefill chunk (an image and 70 words) have
@@ -346,10 +350,13 @@ async function memoryChild(bundleDir: string, answer: number, kvMb: number): Pro
   }
   await Promise.all(Array.from({ length: 4 }, (_, i) => dialogue(engine, 3, answer, 30, [], FILL_DIALOGUES_MAX + 1 + i)));
   clearInterval(sampler);
-  const evictions = (await engine.servingStats())?.kv?.evictions ?? 0;
+  const endStats = (await engine.servingStats())?.kv;
+  const evictions = endStats?.evictions ?? 0;
+  const spillWrites = endStats?.spillWrites ?? 0;
   await engine.close();
+  await rm(kvDir, { recursive: true, force: true });
   const mib = 2 ** 20;
-  process.send?.({ loadedMiB, modelMiB, peakMiB: process.resourceUsage().maxRSS / 1024, kvPeakMiB: kvPeak / mib, liveAtPeakMiB: liveAtPeak / mib, otherMaxMiB: otherMax / mib, budgetMiB: budget / mib, filled, evictions });
+  process.send?.({ loadedMiB, modelMiB, peakMiB: process.resourceUsage().maxRSS / 1024, kvPeakMiB: kvPeak / mib, liveAtPeakMiB: liveAtPeak / mib, otherMaxMiB: otherMax / mib, budgetMiB: budget / mib, filled, evictions, spillWrites });
 }
 
 /** Section d's budget unless --kv-mb: 512 MB, or the least the engine accepts for this bundle when that is more (4128 MiB at 6.7B). */
