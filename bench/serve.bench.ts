@@ -333,7 +333,8 @@ async function memoryChild(bundleDir: string, answer: number, kvMb: number): Pro
   const sampler = setInterval(() => {
     void engine.servingStats().then((st) => {
       const live = st?.batch.liveBytes ?? 0;
-      const kv = live + (st?.kv?.bytes ?? 0);
+      // Entries evicted while their spill write runs stay allocated: they count until it ends.
+      const kv = live + (st?.kv?.bytes ?? 0) + (st?.kv && 'writingBytes' in st.kv ? Number(st.kv.writingBytes) : 0);
       budget = st?.kv?.budgetBytes ?? budget;
       if (kv > kvPeak) [kvPeak, liveAtPeak] = [kv, live];
       otherMax = Math.max(otherMax, process.memoryUsage().rss - kv);

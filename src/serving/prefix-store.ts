@@ -41,6 +41,8 @@ export interface KvStoreOptions {
    * shutdown fits service managers' stop timeouts; the most recently used entries go first.
    */
   readonly closeTimeMs?: number;
+  /** Share of the budget the least recently used kept entries on disk should make up (default 0.25; 0 writes nothing ahead). */
+  readonly writeAheadShare?: number;
 }
 
 /**
@@ -53,6 +55,8 @@ export const DEFAULT_KV_CODEC: KvCodecName = 'fp32';
 
 /** Bookkeeping per entry besides its data (keys are counted at 8 bytes each on top). */
 const ENTRY_OVERHEAD_BYTES = 256;
+/** Share of the budget that the least recently used kept entries on disk should make up (writeAhead). */
+const WRITE_AHEAD_SHARE = 0.25;
 /** Pieces an entry may have before they are joined (each copy-out walks them all, per head). */
 const MAX_PIECES = 16;
 
@@ -73,6 +77,10 @@ interface Entry {
   pins: number;
   /** The spill already holds these keys (read from it, or written): evicting needs no write. */
   onDisk: boolean;
+  /** A write ahead of eviction is queued or running (its data is read until it ends). */
+  writing: boolean;
+  /** Bytes this entry's eviction left allocated until its write ends (counted in `held`). */
+  heldBytes: number;
 }
 
 function overheadOf(keys: readonly PositionKey[]): number {
@@ -82,6 +90,8 @@ function overheadOf(keys: readonly PositionKey[]): number {
 export interface PrefixStoreStats extends KvStoreStats {
   /** Live bytes counted in the budget (kept bytes are `bytes`). */
   readonly liveBytes: number;
+  /** Evicted (or too big to keep) entries' bytes still allocated while their spill writes run. */
+  readonly writingBytes: number;
   readonly diskEntries: number;
   readonly diskBytes: number;
   readonly diskBudgetBytes: number;
@@ -104,6 +114,8 @@ export class PrefixStore implements KvStore {
   private spillState: KvSpill | undefined;
   private writes: Promise<void> = Promise.resolve();
   private pendingWriteBytes = 0;
+  /** Evicted entries' bytes still allocated while their writes ahead run (evict). */
+  private held = 0;
   private readonly counters = { reusedPositions: 0, prefilledPositions: 0, evictions: 0, spillWrites: 0, spillReads: 0, droppedSpills: 0 };
 
   constructor(private readonly options: KvStoreOptions) {
@@ -139,7 +151,7 @@ export class PrefixStore implements KvStore {
 
   /** Room kept entries have: what live caches leave of the budget. */
   private get room(): number {
-    return Math.max(0, this.options.budgetBytes - this.live);
+    return Math.max(0, this.options.budgetBytes - this.live - this.held - this.pendingWriteBytes);
   }
 
   private growLive(bytes: number): void {
@@ -153,9 +165,17 @@ export class PrefixStore implements KvStore {
   }
 
   private evict(victim: Entry): void {
+    const before = this.used;
     this.remove(victim);
     this.counters.evictions++;
-    this.spillLater(victim);
+    if (victim.writing) {
+      // Its write reads the data: the memory stays allocated until the write ends, so it still counts.
+      victim.heldBytes = before - this.used;
+      this.held += victim.heldBytes;
+    } else if (this.spill && !victim.onDisk) {
+      // Evicted for room needed now: writing it first would hold that room until the write ends.
+      this.counters.droppedSpills++;
+    }
   }
 
   private touch(entry: Entry): void {
@@ -231,7 +251,15 @@ export class PrefixStore implements KvStore {
     // Room first: the pieces are allocated before keep() could evict for them, and this cache's
     // row is still live, so evicting afterwards would leave both past the budget for a while.
     const bytes = this.newBytesFor(keys, from.shape, base);
-    if (bytes <= this.room) this.makeRoom(bytes, base?.entry);
+    if (bytes <= this.options.budgetBytes - this.live) {
+      this.makeRoom(bytes, base?.entry);
+      // Evicted entries still being written hold their memory until the write ends: wait for it.
+      while (this.used + bytes > this.room && this.held + this.pendingWriteBytes > 0) {
+        await this.writes;
+        if (!this.enabled) return;
+        this.makeRoom(bytes, base?.entry);
+      }
+    }
     this.keep([...keys], this.piecesFor(keys.length, from, base), false);
   }
 
@@ -283,7 +311,7 @@ export class PrefixStore implements KvStore {
     for (const entry of this.entries) {
       if (entry.keys.length <= keys.length && commonPrefixLength(entry.keys, keys) === entry.keys.length) this.remove(entry);
     }
-    const entry: Entry = { keys, pieces, lastUsed: this.now(), pins: 0, onDisk };
+    const entry: Entry = { keys, pieces, lastUsed: this.now(), pins: 0, onDisk, writing: false, heldBytes: 0 };
     const budget = this.room;
     // Evicting an entry that shares pieces with this one frees less: recount after each.
     for (const victim of [...this.entries]) {
@@ -298,7 +326,41 @@ export class PrefixStore implements KvStore {
     for (const p of pieces) if (p.refs++ === 0) this.used += p.kv.data.byteLength;
     this.used += overheadOf(keys);
     this.entries.add(entry);
+    this.writeAhead();
     return entry;
+  }
+
+  /**
+   * Queues writes of the least recently used kept entries not on disk yet, until those on disk
+   * (or being written) make up WRITE_AHEAD_SHARE of the budget: the next evictions then free
+   * their memory at once instead of holding it, uncounted, until a write ends.
+   */
+  private writeAhead(): void {
+    if (!this.spill) return;
+    const target = this.options.budgetBytes * (this.options.writeAheadShare ?? WRITE_AHEAD_SHARE);
+    if (!(target > 0)) return;
+    let covered = 0;
+    for (const entry of this.entries) {
+      if (covered >= target) return;
+      covered += entry.pieces.reduce((n, p) => n + p.kv.data.byteLength, 0);
+      if (entry.onDisk || entry.writing) continue;
+      entry.writing = true;
+      const spill = this.spill;
+      this.writes = this.writes.then(async () => {
+        try {
+          // Replaced by a longer entry, or dropped, since it was queued: nothing to keep on disk.
+          if (!this.entries.has(entry) && entry.heldBytes === 0) return;
+          if (await (await spill).write(entry.keys, bodyOf(entry.pieces.map((p) => p.kv)), entry.lastUsed)) {
+            this.counters.spillWrites++;
+            entry.onDisk = true;
+          }
+        } finally {
+          entry.writing = false;
+          this.held -= entry.heldBytes;
+          entry.heldBytes = 0;
+        }
+      });
+    }
   }
 
   private remove(entry: Entry): void {
@@ -307,12 +369,16 @@ export class PrefixStore implements KvStore {
     this.used -= overheadOf(entry.keys);
   }
 
-  /** Queues a spill write; dropped when too much already waits (the data would pile up in memory). */
+  /**
+   * Queues a spill write of an entry that is not kept (evicted before any write ahead, or too big
+   * to keep); its memory stays allocated until the write ends, so the write is dropped unless
+   * that fits in the budget beside everything else.
+   */
   private spillLater(entry: Entry): void {
     if (!this.spill || entry.onDisk) return;
     const body = bodyOf(entry.pieces.map((p) => p.kv));
     const bytes = body.byteLength;
-    if (this.pendingWriteBytes > 0 && this.pendingWriteBytes + bytes > this.options.budgetBytes / 2) {
+    if (this.live + this.used + this.held + this.pendingWriteBytes + bytes > this.options.budgetBytes) {
       this.counters.droppedSpills++;
       return;
     }
@@ -344,6 +410,7 @@ export class PrefixStore implements KvStore {
       entries: this.entries.size,
       bytes: this.used,
       liveBytes: this.live,
+      writingBytes: this.held + this.pendingWriteBytes,
       budgetBytes: this.options.budgetBytes,
       reusedPositions: this.counters.reusedPositions,
       prefilledPositions: this.counters.prefilledPositions,
