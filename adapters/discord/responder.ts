@@ -40,11 +40,9 @@ interface Payload {
 /** Failures after which nothing more can be posted through this responder. */
 const FATAL: ReadonlySet<DiscordFailure> = new Set(['expired-interaction', 'unknown-channel', 'missing-access']);
 
-export function queuedText(position: number, etaSeconds: number): string {
-  const eta = etaSeconds < 60 ? `${Math.max(1, Math.round(etaSeconds))} s` : `${Math.round(etaSeconds / 60)} min`;
-  return position <= 1
-    ? `⏳ You are next in the queue (about ${eta}).`
-    : `⏳ You are number ${position} in the queue (about ${eta}).`;
+export function queuedText(position: number, etaSeconds?: number): string {
+  const eta = etaSeconds === undefined ? '' : etaSeconds < 60 ? ` (about ${Math.max(1, Math.round(etaSeconds))} s)` : ` (about ${Math.round(etaSeconds / 60)} min)`;
+  return position <= 1 ? `⏳ You are next in the queue${eta}.` : `⏳ You are number ${position} in the queue${eta}.`;
 }
 
 abstract class BaseResponder implements DiscordResponder {

@@ -107,7 +107,7 @@ export function createShellAdapter(options: ShellOptions): ShellAdapter {
       async progress(update) {
         if (update.state === 'queued' && update.position !== lastQueued) {
           lastQueued = update.position;
-          print(`(waiting: position ${update.position} in the queue, about ${update.etaSeconds} s)`);
+          print(`(waiting: position ${update.position} in the queue${update.etaSeconds === undefined ? '' : `, about ${update.etaSeconds} s`})`);
         }
       },
     };

@@ -29,7 +29,7 @@ const KIND_PREFIX: Record<Reply['kind'], string> = { answer: '', notice: '', err
 
 export function progressText(update: Progress): string {
   if (update.state === 'queued') {
-    const eta = update.etaSeconds > 0 ? `, about ${Math.max(1, Math.round(update.etaSeconds))} s` : '';
+    const eta = update.etaSeconds !== undefined && update.etaSeconds > 0 ? `, about ${Math.max(1, Math.round(update.etaSeconds))} s` : '';
     return `:hourglass_flowing_sand: Queued: position ${update.position}${eta}.`;
   }
   // Streamed model text is shown as text: escaped (no <!channel> pings) and with controls visible.

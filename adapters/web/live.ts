@@ -39,7 +39,7 @@ export class LiveConversations {
   begin(conversation: string, exchange: number): void {
     let map = this.pending.get(conversation);
     if (!map) this.pending.set(conversation, (map = new Map()));
-    map.set(exchange, { state: 'queued', position: 0, etaSeconds: 0 });
+    map.set(exchange, { state: 'queued', position: 0 });
   }
 
   progress(conversation: string, exchange: number, progress: Progress): void {

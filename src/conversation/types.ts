@@ -110,7 +110,7 @@ export interface Reply {
 
 /** Progress of a queued or running job, shown by adapters as they can (typing, a status message). */
 export type Progress =
-  | { readonly state: 'queued'; readonly position: number; readonly etaSeconds: number }
+  | { readonly state: 'queued'; readonly position: number; readonly etaSeconds?: number }
   | { readonly state: 'running'; readonly text?: string };
 
 /** Given by the adapter with each message: how to answer it on its platform. */

@@ -24,7 +24,11 @@ export interface SchedulerOptions {
   readonly userBurst: number;
   /** A running job is aborted after this. */
   readonly jobTimeoutMs: number;
-  /** Run time assumed for ETAs until the first job finished; measured times replace it. */
+  /**
+   * Run time assumed for ETAs until the first job finished; measured times replace it. Without
+   * it, waiting jobs are told their place but no ETA until a run was measured (a guess can be
+   * far off: milliseconds on a small bundle, minutes on a slow machine).
+   */
   readonly initialRunEstimateMs?: number;
   readonly now?: () => number;
 }
@@ -38,8 +42,8 @@ export interface JobSpec<T> {
   readonly tokens?: number;
   /** Never rate-limited nor refused as busy: the only local user of a terminal chat. */
   readonly trusted?: boolean;
-  /** Called when the job's place in the queue changes (position 1 = next to run). */
-  readonly onQueued?: (position: number, etaSeconds: number) => void;
+  /** Called when the job's place in the queue or its ETA changes (position 1 = next to run; no ETA before one is known). */
+  readonly onQueued?: (position: number, etaSeconds: number | undefined) => void;
   /** Called once, when the job starts running. */
   readonly onStart?: () => void;
 }
@@ -96,7 +100,7 @@ interface Job<T> {
   started: boolean;
   startedAt: number;
   lastPosition: number;
-  lastEta: number;
+  lastEta: number | undefined;
 }
 
 /** Observer hooks for metrics. */
@@ -131,7 +135,7 @@ export class Scheduler {
     this.executor = new PQueue({ concurrency: options.concurrency });
     this.now = options.now ?? Date.now;
     this.buckets = new TokenBuckets(options.userRatePerMinute, options.userBurst, this.now);
-    this.estimate = new RunEstimate(options.initialRunEstimateMs ?? 10_000);
+    this.estimate = new RunEstimate(options.initialRunEstimateMs);
   }
 
   /**
@@ -264,7 +268,7 @@ export class Scheduler {
       started: false,
       startedAt: 0,
       lastPosition: 0,
-      lastEta: 0,
+      lastEta: -1,
     };
     const list = this.waiting.get(spec.user) ?? [];
     list.push(job as Job<unknown>);
@@ -437,7 +441,7 @@ export class Scheduler {
     const plan = this.waitPlan(order.length);
     order.forEach((job, i) => {
       const position = i + 1;
-      const eta = Math.max(1, Math.round(plan[i] / 1000));
+      const eta = this.estimate.known ? Math.max(1, Math.round(plan[i] / 1000)) : undefined;
       if (job.lastPosition !== position || job.lastEta !== eta) {
         job.lastPosition = position;
         job.lastEta = eta;
@@ -446,6 +450,9 @@ export class Scheduler {
     });
   }
 }
+
+/** Run time planned with (never shown as an ETA) before a run was measured or guessed. */
+const DEFAULT_RUN_GUESS_MS = 10_000;
 
 /**
  * Expected run time of a job. The starting guess counts only until something was measured; then
@@ -458,7 +465,12 @@ class RunEstimate {
   private perTokenMs: number | undefined;
   count = 0;
 
-  constructor(private readonly guessMs: number) {}
+  constructor(private readonly guessMs: number | undefined) {}
+
+  /** A run was measured, or the owner gave a guess: ETAs mean something. */
+  get known(): boolean {
+    return this.meanMs !== undefined || this.guessMs !== undefined;
+  }
 
   get measuredMeanMs(): number | null {
     return this.meanMs === undefined ? null : Math.round(this.meanMs * 10) / 10;
@@ -472,7 +484,8 @@ class RunEstimate {
 
   runMs(tokens: number | undefined): number {
     if (tokens !== undefined && tokens > 0 && this.perTokenMs !== undefined) return this.perTokenMs * tokens;
-    return this.meanMs ?? this.guessMs;
+    // Planning (a busy refusal's retry time) still needs a figure before the first run.
+    return this.meanMs ?? this.guessMs ?? DEFAULT_RUN_GUESS_MS;
   }
 }
 

@@ -276,7 +276,7 @@ export function createMessageHandler(deps: HandlerDeps): MessageHandler {
     const job = place.submit({
       ...work,
       trusted: TRUSTED_PLATFORMS.has(message.key.platform),
-      onQueued: (position, etaSeconds) => void responder.progress({ state: 'queued', position, etaSeconds }).catch(() => {}),
+      onQueued: (position, etaSeconds) => void responder.progress({ state: 'queued', position, ...(etaSeconds === undefined ? {} : { etaSeconds }) }).catch(() => {}),
       onStart: () => void responder.typing().catch(() => {}),
     });
     try {

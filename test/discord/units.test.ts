@@ -119,6 +119,8 @@ describe('queuedText', () => {
     expect(queuedText(1, 4.2)).toBe('⏳ You are next in the queue (about 4 s).');
     expect(queuedText(5, 0)).toBe('⏳ You are number 5 in the queue (about 1 s).');
     expect(queuedText(7, 150)).toBe('⏳ You are number 7 in the queue (about 3 min).');
+    // No run measured yet: the place, no guessed time.
+    expect(queuedText(2)).toBe('⏳ You are number 2 in the queue.');
   });
 });
 

@@ -111,12 +111,34 @@ describe('Scheduler', () => {
     const positions: [number, number][] = [];
     const a = s.submit({ conversation: 'a', user: 'a', run: () => first.done });
     const b = s.submit({ conversation: 'b', user: 'b', run: async () => {} });
-    const c = s.submit({ conversation: 'c', user: 'c', run: async () => {}, onQueued: (p, eta) => positions.push([p, eta]) });
+    const c = s.submit({ conversation: 'c', user: 'c', run: async () => {}, onQueued: (p, eta) => positions.push([p, eta ?? NaN]) });
     expect(positions[0][0]).toBe(2);
     expect(positions[0][1]).toBeGreaterThanOrEqual(4);
     first.release();
     await Promise.all([a.result, b.result, c.result]);
     expect(positions.map((p) => p[0])).toEqual([2, 1]);
+  });
+
+  it('gives no ETA before a run was measured unless told a guess, then one from the measured run', async () => {
+    let now = 0;
+    const { initialRunEstimateMs: _guess, ...unguessed } = base;
+    const s = new Scheduler({ ...unguessed, now: () => now });
+    const first = gate();
+    const seen: [number, number | undefined][] = [];
+    const a = s.submit({ conversation: 'a', user: 'a', run: () => first.done });
+    const b = s.submit({ conversation: 'b', user: 'b', run: async () => {}, onQueued: (p, eta) => seen.push([p, eta]) });
+    expect(seen).toEqual([[1, undefined]]);
+    now = 30_000;
+    first.release();
+    await Promise.all([a.result, b.result]);
+    const second = gate();
+    const c = s.submit({ conversation: 'a', user: 'a', run: () => second.done });
+    const d = s.submit({ conversation: 'd', user: 'd', run: async () => {}, onQueued: (p, eta) => seen.push([p, eta]) });
+    // Measured: the running job's remaining time and its own run, from the runs so far.
+    expect(seen.at(-1)?.[0]).toBe(1);
+    expect(seen.at(-1)?.[1]).toBeGreaterThanOrEqual(21);
+    second.release();
+    await Promise.all([c.result, d.result]);
   });
 
   it('rate-limits a user with a retry time', async () => {
@@ -268,7 +290,7 @@ describe('Scheduler', () => {
     const hold = gate();
     const etas: number[] = [];
     s.submit({ conversation: 'a', user: 'a', run: () => hold.done });
-    s.submit({ conversation: 'b', user: 'b', run: async () => {}, onQueued: (_p, eta) => etas.push(eta) });
+    s.submit({ conversation: 'b', user: 'b', run: async () => {}, onQueued: (_p, eta) => etas.push(eta ?? NaN) });
     expect(etas).toEqual([1]);
     hold.release();
   });
@@ -281,7 +303,7 @@ describe('Scheduler', () => {
     const hold = gate();
     s.submit({ conversation: 'a', user: 'a', tokens: 128, run: () => hold.done });
     const etas: number[] = [];
-    s.submit({ conversation: 'b', user: 'b', tokens: 8, run: async () => {}, onQueued: (_p, eta) => etas.push(eta) });
+    s.submit({ conversation: 'b', user: 'b', tokens: 8, run: async () => {}, onQueued: (_p, eta) => etas.push(eta ?? NaN) });
     // 12.8 s for the running 128-token answer, then 0.8 s for its own 8 tokens.
     expect(etas).toEqual([14]);
     now += 10_000;
@@ -295,7 +317,7 @@ describe('Scheduler', () => {
     const hold = gate();
     for (let i = 0; i < 4; i++) s.submit({ conversation: `r${i}`, user: `r${i}`, run: () => hold.done });
     const etas: number[] = [];
-    for (let i = 0; i < 5; i++) s.submit({ conversation: `w${i}`, user: `w${i}`, run: async () => {}, onQueued: (_p, eta) => i === 4 && etas.push(eta) });
+    for (let i = 0; i < 5; i++) s.submit({ conversation: `w${i}`, user: `w${i}`, run: async () => {}, onQueued: (_p, eta) => i === 4 && etas.push(eta ?? NaN) });
     // Four waiting jobs fit in the four slots freed after 2 s; the fifth waits for a second round.
     expect(s.estimateSeconds(4)).toBe(4);
     expect(etas[0]).toBe(6);
@@ -307,7 +329,7 @@ describe('Scheduler', () => {
     const hold = gate();
     s.submit({ conversation: 'terminal', user: 'local', run: () => hold.done });
     const etas: number[] = [];
-    for (let i = 0; i < 3; i++) s.submit({ conversation: 'terminal', user: 'local', run: async () => {}, onQueued: (_p, eta) => etas.push(eta) });
+    for (let i = 0; i < 3; i++) s.submit({ conversation: 'terminal', user: 'local', run: async () => {}, onQueued: (_p, eta) => etas.push(eta ?? NaN) });
     expect(etas.slice(0, 3)).toEqual([4, 6, 8]);
     hold.release();
   });

@@ -93,6 +93,14 @@ describe('shell adapter, end to end through stdin/stdout', () => {
     expect(engine.calls[1].prompt.filter((p) => p.type === 'image')).toHaveLength(1);
   });
 
+  it('shows a queued line\'s place without a guessed wait before any answer was timed', async () => {
+    const { out } = await session(['one', 'two', 'three'], { piped: true });
+    const waits = out.match(/\(waiting: [^)]*\)/g) ?? [];
+    // Before the first answer no run was timed: the place alone, no guessed wait.
+    expect(waits[0]).toBe('(waiting: position 1 in the queue)');
+    expect(out.indexOf(waits[0] ?? '?')).toBeLessThan(out.indexOf('fromage>'));
+  });
+
   it('attaches an image by URL, and explains a URL that fails', async () => {
     const png = readFileSync('test/fixtures/images/alpha.png');
     const server = createServer((req, res) => {

@@ -135,6 +135,7 @@ describe('status message', () => {
 
   it('shows queue position and ETA', () => {
     expect(progressText({ state: 'queued', position: 3, etaSeconds: 41.6 })).toContain('position 3, about 42 s');
+    expect(progressText({ state: 'queued', position: 3 })).toBe(':hourglass_flowing_sand: Queued: position 3.');
   });
 });
 

@@ -192,7 +192,7 @@ describe.skipIf(SKIP_BROWSER)('the web chat in Chromium (engine double)', () => 
       await say(left, 'left question');
       await left.waitForSelector('#transcript .pending');
       await say(right, 'right question');
-      await expect.poll(() => right.locator('#transcript .pending .status').textContent(), { timeout: 10_000 }).toMatch(/^Waiting: position 1 in the queue, about \d+ s\.$/);
+      await expect.poll(() => right.locator('#transcript .pending .status').textContent(), { timeout: 10_000 }).toMatch(/^Waiting: position 1 in the queue(, about \d+ s)?\.$/); // the wait is estimated once an answer was timed
     } finally {
       release();
     }

@@ -152,7 +152,7 @@ function addEntry(entry, live) {
   // Replies go before the pending bubbles of later exchanges.
   const firstPending = transcript.querySelector('.pending');
   transcript.insertBefore(item, entry.role === 'bot' ? firstPending : null);
-  if (live && entry.role === 'user' && entry.intent !== 'help' && !state.done.has(entry.exchange)) showPending(entry.exchange, { state: 'queued', position: 0, etaSeconds: 0 });
+  if (live && entry.role === 'user' && entry.intent !== 'help' && !state.done.has(entry.exchange)) showPending(entry.exchange, { state: 'queued', position: 0 });
   scrollToEnd();
 }
 
@@ -202,7 +202,7 @@ function showPending(exchange, progress) {
     $('transcript').append(item);
   }
   const status = item.querySelector('.status');
-  if (progress.state === 'queued') status.textContent = progress.position > 0 ? `Waiting: position ${progress.position} in the queue, about ${progress.etaSeconds} s.` : 'Waiting for the model…';
+  if (progress.state === 'queued') status.textContent = progress.position > 0 ? `Waiting: position ${progress.position} in the queue${progress.etaSeconds ? `, about ${progress.etaSeconds} s` : ''}.` : 'Waiting for the model…';
   else {
     status.textContent = 'Writing…';
     if (progress.text) item.querySelector('.text').textContent = progress.text;
