@@ -29,8 +29,10 @@ function servingGauges(registry: Registry, read: () => Promise<ServingStats | un
     ['fromage_kv_evictions', 'Kept caches evicted from memory since the model worker started', (s) => s.kv?.evictions],
     ['fromage_kv_spill_writes', 'Kept caches written to the disk spill since the model worker started', (s) => s.kv?.spillWrites],
     ['fromage_kv_spill_reads', 'Kept caches read back from the disk spill since the model worker started', (s) => s.kv?.spillReads],
+    ['fromage_kv_spill_missed', 'Kept caches that never reached the disk spill (a write failed, or the cache was evicted before its write began) since the model worker started', (s) => s.kv?.spillErrors],
     ['fromage_kv_live_bytes', 'Memory held by live KV caches: rows answering and prompts being prefilled', (s) => s.batch.liveBytes],
     ['fromage_kv_bytes', 'Memory held by kept caches', (s) => s.kv?.bytes],
+    ['fromage_kv_writing_bytes', 'Memory held by kept caches while their disk spill writes run, evicted ones included (counted in the budget)', (s) => s.kv?.writingBytes],
     ['fromage_kv_budget_bytes', 'Memory budget for live and kept KV caches together (FROMAGE_KV_CACHE_MB)', (s) => s.kv?.budgetBytes],
   ];
   // One read per scrape, shared by every gauge.

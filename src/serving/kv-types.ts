@@ -53,6 +53,10 @@ export interface KvStoreStats {
   readonly evictions: number;
   readonly spillWrites: number;
   readonly spillReads: number;
+  /** Bytes of evicted or waiting kept caches still allocated while their spill writes run (counted in the budget). */
+  readonly writingBytes?: number;
+  /** Kept caches that never reached the spill: a write failed, or the entry was evicted before its write began. */
+  readonly spillErrors?: number;
 }
 
 /**
