@@ -43,6 +43,8 @@ export interface KvStoreOptions {
   readonly closeTimeMs?: number;
   /** Share of the budget the least recently used kept entries on disk should make up (default 0.25; 0 writes nothing ahead). */
   readonly writeAheadShare?: number;
+  /** Share of the budget kept caches leave to the allocators' free lists (default 0; `fromage serve`: KV_HEADROOM_SHARE). */
+  readonly headroomShare?: number;
 }
 
 /**
@@ -149,9 +151,14 @@ export class PrefixStore implements KvStore {
     return this.options.now?.() ?? Date.now();
   }
 
-  /** Room kept entries have: what live caches leave of the budget. */
+  /** The bytes live and kept caches may count: the budget less the allocators' headroom. */
+  private get capacity(): number {
+    return Math.floor(this.options.budgetBytes * (1 - (this.options.headroomShare ?? 0)));
+  }
+
+  /** Room kept entries have: what live caches leave of the capacity. */
   private get room(): number {
-    return Math.max(0, this.options.budgetBytes - this.live - this.held - this.pendingWriteBytes);
+    return Math.max(0, this.capacity - this.live - this.held - this.pendingWriteBytes);
   }
 
   private growLive(bytes: number): void {
@@ -251,7 +258,7 @@ export class PrefixStore implements KvStore {
     // Room first: the pieces are allocated before keep() could evict for them, and this cache's
     // row is still live, so evicting afterwards would leave both past the budget for a while.
     const bytes = this.newBytesFor(keys, from.shape, base);
-    if (bytes <= this.options.budgetBytes - this.live) {
+    if (bytes <= this.capacity - this.live) {
       this.makeRoom(bytes, base?.entry);
       // Evicted entries still being written hold their memory until the write ends: wait for it.
       while (this.used + bytes > this.room && this.held + this.pendingWriteBytes > 0) {
@@ -378,7 +385,7 @@ export class PrefixStore implements KvStore {
     if (!this.spill || entry.onDisk) return;
     const body = bodyOf(entry.pieces.map((p) => p.kv));
     const bytes = body.byteLength;
-    if (this.live + this.used + this.held + this.pendingWriteBytes + bytes > this.options.budgetBytes) {
+    if (this.live + this.used + this.held + this.pendingWriteBytes + bytes > this.capacity) {
       this.counters.droppedSpills++;
       return;
     }

@@ -31,10 +31,10 @@ describe('kept-cache configuration', () => {
 
   it('describes the default for the start log', () => {
     const { options, description } = kvStoreSetup(loadConfig({}), OPT, 24 * GIB);
-    expect(options).toMatchObject({ budgetBytes: 9 * GIB, codec: 'fp32', spill: { dir: 'data/kv', budgetBytes: 4 * GIB, bundleId: 'bundle-6.7b' } });
+    expect(options).toMatchObject({ budgetBytes: 9 * GIB, codec: 'fp32', headroomShare: 0.03, spill: { dir: 'data/kv', budgetBytes: 4 * GIB, bundleId: 'bundle-6.7b' } });
     expect(description).toBe(
       'KV caches: up to 9216 MiB in memory (default) for live and kept caches together: answers being written first (float32, about 9216 positions across the batch; ' +
-        'more wait for memory), kept caches in what is left (fp32, about 9216 positions when none is live), 4096 MiB on disk at data/kv',
+        'more wait for memory), kept caches in what is left less 3% for the allocators (fp32, about 8939 positions when none is live), 4096 MiB on disk at data/kv',
     );
   });
 

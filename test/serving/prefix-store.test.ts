@@ -175,6 +175,17 @@ describe('prefix store: budget', () => {
     expect((await store.match(c, 9))?.length).toBe(9);
   });
 
+  it('headroom: kept caches leave that share of the budget free for the allocators', async () => {
+    // Two entries fit the budget exactly; with 3% left free only one does.
+    const store = createKvStore({ budgetBytes: 2 * entryBytes(10), codec: 'fp32', headroomShare: 0.03 });
+    const [a, b] = [tokens(10, 1), tokens(10, 2)];
+    await store.insert(a, ArrayKv.forKeys(a));
+    await store.insert(b, ArrayKv.forKeys(b));
+    expect(store.stats()).toMatchObject({ entries: 1, evictions: 1 });
+    expect(store.stats().bytes).toBeLessThanOrEqual(0.97 * 2 * entryBytes(10));
+    expect((await store.match(b, 9))?.length).toBe(9);
+  });
+
   it('makes room before encoding a new entry: kept bytes plus the one being encoded stay within what live caches leave', async () => {
     const budget = 3 * entryBytes(10);
     const store = createKvStore({ budgetBytes: budget, codec: 'fp32' });
