@@ -101,11 +101,18 @@ export function minimumKvCacheBytes(bundle: KvBundleInfo, codec: KvCodecName): n
 
 /**
  * FROMAGE_KV_CACHE_MB bounds what the caches add to the process's memory, and freed cache
- * buffers stay on the allocators' free lists for a while: at the OPT-6.7B shape, RSS at the peak
- * ran up to 64 MiB (1.6%) above the bytes counted when caches filled a 4128 MiB budget
- * (bench:serve d), so kept caches leave this share of the budget free (live ones may use it).
+ * buffers stay on the allocators' free lists for a while, so kept caches leave part of the budget
+ * free (live ones may use it): 3%, at least 64 MiB, since free lists hold tens of MiB whatever the
+ * budget. Measured with bench:serve d, kept caches filling the whole budget: at the OPT-6.7B shape
+ * RSS peaked up to 64 MiB (1.6% of 4128) above the bytes counted; at 125M up to 32 MiB (6.3% of 512).
  */
 export const KV_HEADROOM_SHARE = 0.03;
+export const KV_HEADROOM_MIN_BYTES = 64 * MIB;
+
+/** The bytes kept caches leave free of `budgetBytes`. */
+export function kvHeadroomBytes(budgetBytes: number): number {
+  return Math.min(budgetBytes, Math.max(Math.floor(budgetBytes * KV_HEADROOM_SHARE), KV_HEADROOM_MIN_BYTES));
+}
 
 /**
  * The store's options and the start-log line. An explicit FROMAGE_KV_CACHE_MB too small for one
@@ -136,7 +143,7 @@ export function kvStoreSetup(config: KvConfig, bundle: KvBundleInfo, usableBytes
   const options: KvStoreOptions = {
     budgetBytes,
     codec,
-    headroomShare: KV_HEADROOM_SHARE,
+    headroomBytes: budgetBytes > 0 ? kvHeadroomBytes(budgetBytes) : 0,
     spill: diskBytes > 0 ? { dir, budgetBytes: diskBytes, bundleId: bundle.id } : undefined,
   };
   if (budgetBytes === 0) {
@@ -145,7 +152,8 @@ export function kvStoreSetup(config: KvConfig, bundle: KvBundleInfo, usableBytes
       description: `kept KV caches: off (${off}); every turn prefills its whole prompt; live KV caches are bounded only by FROMAGE_BATCH and the context (${rowMib} MiB per row at ${bundle.maxPositions} positions)`,
     };
   }
-  const positions = Math.floor((budgetBytes * (1 - KV_HEADROOM_SHARE)) / encodedBytes(bundle.shape, 1, codec));
+  const headroom = kvHeadroomBytes(budgetBytes);
+  const positions = Math.floor((budgetBytes - headroom) / encodedBytes(bundle.shape, 1, codec));
   const live = Math.floor(budgetBytes / positionBytes(bundle.shape));
   const disk = diskBytes > 0 ? `${mib(diskBytes)} on disk at ${dir}` : 'no disk spill (FROMAGE_KV_DISK_MB=0)';
   return {
@@ -153,6 +161,6 @@ export function kvStoreSetup(config: KvConfig, bundle: KvBundleInfo, usableBytes
     description:
       `KV caches: up to ${mib(budgetBytes)} in memory${explicit ? '' : ' (default)'} for live and kept caches together: ` +
       `answers being written first (float32, about ${live} positions across the batch; more wait for memory), ` +
-      `kept caches in what is left less ${KV_HEADROOM_SHARE * 100}% for the allocators (${codec}, about ${positions} positions when none is live), ${disk}`,
+      `kept caches in what is left less ${mib(headroom)} for the allocators (${codec}, about ${positions} positions when none is live), ${disk}`,
   };
 }

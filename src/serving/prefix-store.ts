@@ -43,8 +43,8 @@ export interface KvStoreOptions {
   readonly closeTimeMs?: number;
   /** Share of the budget the least recently used kept entries on disk should make up (default 0.25; 0 writes nothing ahead). */
   readonly writeAheadShare?: number;
-  /** Share of the budget kept caches leave to the allocators' free lists (default 0; `fromage serve`: KV_HEADROOM_SHARE). */
-  readonly headroomShare?: number;
+  /** Bytes of the budget kept caches leave to the allocators' free lists (default 0; `fromage serve`: kvHeadroomBytes). */
+  readonly headroomBytes?: number;
 }
 
 /**
@@ -153,7 +153,7 @@ export class PrefixStore implements KvStore {
 
   /** The bytes live and kept caches may count: the budget less the allocators' headroom. */
   private get capacity(): number {
-    return Math.floor(this.options.budgetBytes * (1 - (this.options.headroomShare ?? 0)));
+    return Math.max(0, this.options.budgetBytes - (this.options.headroomBytes ?? 0));
   }
 
   /** Room kept entries have: what live caches leave of the capacity. */

@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Manifest } from '../../src/model/manifest.ts';
-import { defaultKvCacheBytes, KvBudgetError, kvBundleInfo, kvStoreSetup, minimumKvCacheBytes } from '../../src/serving/kv-config.ts';
+import { defaultKvCacheBytes, KvBudgetError, kvBundleInfo, kvHeadroomBytes, kvStoreSetup, minimumKvCacheBytes } from '../../src/serving/kv-config.ts';
 
 const MIB = 1024 * 1024;
 const GIB = 1024 * MIB;
@@ -22,6 +22,13 @@ describe('kept-cache configuration', () => {
     expect(() => loadConfig({ FROMAGE_KV_DISK_MB: '-1' })).toThrow(/FROMAGE_KV_DISK_MB/);
   });
 
+  it('kept caches leave 3% of the budget, at least 64 MiB, to the allocators', () => {
+    expect(kvHeadroomBytes(4128 * MIB)).toBe(Math.floor(0.03 * 4128 * MIB));
+    expect(kvHeadroomBytes(512 * MIB)).toBe(64 * MIB);
+    expect(kvHeadroomBytes(32 * MIB)).toBe(32 * MIB);
+    expect(kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '0' }), OPT, 24 * GIB).options.headroomBytes).toBe(0);
+  });
+
   it('defaults to half the memory beside the weights, at most 16 GiB', () => {
     expect(defaultKvCacheBytes(24 * GIB, 6 * GIB)).toBe(9 * GIB);
     expect(defaultKvCacheBytes(24 * GIB, 4 * GIB)).toBe(10 * GIB);
@@ -31,10 +38,10 @@ describe('kept-cache configuration', () => {
 
   it('describes the default for the start log', () => {
     const { options, description } = kvStoreSetup(loadConfig({}), OPT, 24 * GIB);
-    expect(options).toMatchObject({ budgetBytes: 9 * GIB, codec: 'fp32', headroomShare: 0.03, spill: { dir: 'data/kv', budgetBytes: 4 * GIB, bundleId: 'bundle-6.7b' } });
+    expect(options).toMatchObject({ budgetBytes: 9 * GIB, codec: 'fp32', headroomBytes: Math.floor(0.03 * 9 * GIB), spill: { dir: 'data/kv', budgetBytes: 4 * GIB, bundleId: 'bundle-6.7b' } });
     expect(description).toBe(
       'KV caches: up to 9216 MiB in memory (default) for live and kept caches together: answers being written first (float32, about 9216 positions across the batch; ' +
-        'more wait for memory), kept caches in what is left less 3% for the allocators (fp32, about 8939 positions when none is live), 4096 MiB on disk at data/kv',
+        'more wait for memory), kept caches in what is left less 276 MiB for the allocators (fp32, about 8939 positions when none is live), 4096 MiB on disk at data/kv',
     );
   });
 

@@ -175,9 +175,9 @@ describe('prefix store: budget', () => {
     expect((await store.match(c, 9))?.length).toBe(9);
   });
 
-  it('headroom: kept caches leave that share of the budget free for the allocators', async () => {
+  it('headroom: kept caches leave that part of the budget free for the allocators', async () => {
     // Two entries fit the budget exactly; with 3% left free only one does.
-    const store = createKvStore({ budgetBytes: 2 * entryBytes(10), codec: 'fp32', headroomShare: 0.03 });
+    const store = createKvStore({ budgetBytes: 2 * entryBytes(10), codec: 'fp32', headroomBytes: Math.ceil(0.03 * 2 * entryBytes(10)) });
     const [a, b] = [tokens(10, 1), tokens(10, 2)];
     await store.insert(a, ArrayKv.forKeys(a));
     await store.insert(b, ArrayKv.forKeys(b));
