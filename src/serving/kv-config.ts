@@ -102,16 +102,18 @@ export function minimumKvCacheBytes(bundle: KvBundleInfo, codec: KvCodecName): n
 /**
  * FROMAGE_KV_CACHE_MB bounds what the caches add to the process's memory, and freed cache
  * buffers stay on the allocators' free lists for a while, so kept caches leave part of the budget
- * free (live ones may use it): 3%, at least 64 MiB, since free lists hold tens of MiB whatever the
- * budget. Measured with bench:serve d, kept caches filling the whole budget: at the OPT-6.7B shape
- * RSS peaked up to 64 MiB (1.6% of 4128) above the bytes counted; at 125M up to 32 MiB (6.3% of 512).
+ * free (live ones may use it): 3%, at least 64 MiB (or an eighth of a smaller budget), since free
+ * lists hold tens of MiB whatever the budget. Measured with bench:serve d, kept caches filling
+ * the whole budget: at the OPT-6.7B shape RSS peaked up to 64 MiB (1.6% of 4128) above the bytes
+ * counted; at 125M up to 32 MiB (6.3% of 512).
  */
 export const KV_HEADROOM_SHARE = 0.03;
 export const KV_HEADROOM_MIN_BYTES = 64 * MIB;
 
 /** The bytes kept caches leave free of `budgetBytes`. */
 export function kvHeadroomBytes(budgetBytes: number): number {
-  return Math.min(budgetBytes, Math.max(Math.floor(budgetBytes * KV_HEADROOM_SHARE), KV_HEADROOM_MIN_BYTES));
+  // The floor takes at most an eighth, so a small budget (a tiny model's) still keeps caches.
+  return Math.max(Math.floor(budgetBytes * KV_HEADROOM_SHARE), Math.min(KV_HEADROOM_MIN_BYTES, Math.floor(budgetBytes / 8)));
 }
 
 /**

@@ -22,10 +22,10 @@ describe('kept-cache configuration', () => {
     expect(() => loadConfig({ FROMAGE_KV_DISK_MB: '-1' })).toThrow(/FROMAGE_KV_DISK_MB/);
   });
 
-  it('kept caches leave 3% of the budget, at least 64 MiB, to the allocators', () => {
+  it('kept caches leave 3% of the budget, at least 64 MiB (an eighth of a smaller budget), to the allocators', () => {
     expect(kvHeadroomBytes(4128 * MIB)).toBe(Math.floor(0.03 * 4128 * MIB));
     expect(kvHeadroomBytes(512 * MIB)).toBe(64 * MIB);
-    expect(kvHeadroomBytes(32 * MIB)).toBe(32 * MIB);
+    expect(kvHeadroomBytes(64 * MIB)).toBe(8 * MIB);
     expect(kvStoreSetup(loadConfig({ FROMAGE_KV_CACHE_MB: '0' }), OPT, 24 * GIB).options.headroomBytes).toBe(0);
   });
 
